@@ -1,0 +1,83 @@
+"""One entry point: tuneforge train | chat | data preview | env | version."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .errors import TuneforgeError
+
+USAGE = """usage: tuneforge COMMAND [CONFIG.yaml] [key=value ...] [--key value ...] [--debug]
+
+commands:
+  train     fine-tune (stage pt or sft; lora, qlora, freeze or full)
+  chat      talk to a model (+ adapter) in the terminal; --query "text" answers once
+  data      data preview CONFIG.yaml: summary and tokenized examples (--num N, --json)
+  env       versions and hardware
+  version   the tuneforge version
+"""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    for name in ("httpx", "urllib3", "datasets", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _dispatch(command: str, argv: list[str]) -> int:
+    if command == "train":
+        from .train.launch import maybe_relaunch
+        from .train.runner import run_train
+
+        code = maybe_relaunch(argv)
+        if code is not None:
+            return code
+        run_train(argv)
+        return 0
+    if command == "chat":
+        from .infer.chat import run_chat
+
+        return run_chat(argv)
+    if command == "data":
+        from .data.preview import run_data
+
+        return run_data(argv)
+    if command == "env":
+        from .envinfo import print_env
+
+        print_env()
+        return 0
+    if command == "version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    print(USAGE)
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv:
+        print(USAGE)
+        return 2
+    _quiet_libraries()
+    try:
+        return _dispatch(argv[0], argv[1:])
+    except TuneforgeError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

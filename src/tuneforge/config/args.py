@@ -1,0 +1,114 @@
+"""Every key a config may hold, grouped. Names follow LLaMA-Factory (and Hugging Face TrainingArguments for
+the training keys, which come from `transformers.Seq2SeqTrainingArguments` itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "HF folder, hub id, .gguf file or alias (smollm2-135m-instruct, gemma3-270m)."}
+    )
+    adapter_name_or_path: Optional[str] = field(default=None, metadata={"help": "PEFT adapter(s) to load, comma-separated."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Hub download cache."})
+    model_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where aliases are converted to safetensors (default ~/.cache/tuneforge/models, env TUNEFORGE_MODEL_CACHE)."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision."})
+    hf_hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run a model's own Python code (Baichuan, ChatGLM)."})
+    torch_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 for training weights."})
+    infer_dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16 for chat/export."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2."})
+    flash_attn: Optional[str] = field(default=None, metadata={"help": "LLaMA-Factory's name: auto | sdpa | fa2 | disabled."})
+    quantization_bit: Optional[int] = field(default=None, metadata={"help": "4 or 8: QLoRA with bitsandbytes."})
+    quantization_type: str = field(default="nf4", metadata={"help": "nf4 | fp4 for 4-bit."})
+    double_quantization: bool = field(default=True, metadata={"help": "Nested quantisation for 4-bit."})
+    quantization_method: str = field(default="bnb", metadata={"help": "Only bnb is supported."})
+    gguf_file: Optional[str] = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Prefer the fast (Rust) tokenizer."})
+    split_special_tokens: bool = field(default=False, metadata={"help": "Tokenize special-token text as plain text."})
+    new_special_tokens: Optional[str] = field(default=None, metadata={"help": "Comma-separated tokens to add."})
+    resize_vocab: bool = field(default=False, metadata={"help": "Resize embeddings to the tokenizer."})
+    low_cpu_mem_usage: bool = field(default=True, metadata={"help": "Load weights lazily."})
+    rope_scaling: Optional[str] = field(default=None, metadata={"help": "linear | dynamic (not yet applied)."})
+    model_max_length: Optional[int] = field(default=None, metadata={"help": "Tokenizer model_max_length override."})
+    infer_backend: str = field(default="huggingface", metadata={"help": "Only huggingface."})
+    export_dir: Optional[str] = field(default=None, metadata={"help": "Where `tuneforge export` writes."})
+
+
+@dataclass
+class DataArgs:
+    dataset: Optional[str] = field(default=None, metadata={"help": "Names from dataset_info.json or file paths, comma-separated."})
+    eval_dataset: Optional[str] = field(default=None, metadata={"help": "Evaluation datasets, comma-separated."})
+    dataset_dir: str = field(default="data", metadata={"help": "Folder with dataset_info.json."})
+    template: str = field(default="auto", metadata={"help": "Chat format: auto (tokenizer's own) or a named template."})
+    default_system: Optional[str] = field(default=None, metadata={"help": "System prompt used when a row has none."})
+    enable_thinking: bool = field(default=True, metadata={"help": "For reasoning templates (qwen3)."})
+    cutoff_len: int = field(default=2048, metadata={"help": "Maximum tokens per example."})
+    train_on_prompt: bool = field(default=False, metadata={"help": "Train on prompt tokens too."})
+    mask_history: bool = field(default=False, metadata={"help": "Train only the last assistant turn."})
+    streaming: bool = field(default=False, metadata={"help": "Stream datasets (needs max_steps)."})
+    buffer_size: int = field(default=16384, metadata={"help": "Shuffle buffer for streaming."})
+    mix_strategy: str = field(default="concat", metadata={"help": "concat | interleave_under | interleave_over."})
+    interleave_probs: Optional[str] = field(default=None, metadata={"help": "Comma-separated sampling probabilities."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Rebuild the tokenized cache."})
+    preprocessing_batch_size: int = field(default=1000, metadata={"help": "Rows per map batch."})
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "Keep at most this many rows per dataset."})
+    eval_num_beams: Optional[int] = field(default=None, metadata={"help": "Beams for predict_with_generate."})
+    ignore_pad_token_for_loss: bool = field(default=True, metadata={"help": "Kept for compatibility."})
+    val_size: float = field(default=0.0, metadata={"help": "Validation split: fraction (<1) or row count."})
+    eval_on_each_dataset: bool = field(default=False, metadata={"help": "Evaluate each eval dataset separately."})
+    packing: Optional[bool] = field(default=None, metadata={"help": "Greedy-pack examples into cutoff_len rows."})
+    neat_packing: bool = field(default=False, metadata={"help": "Packing without attention across examples."})
+    padding_free: Optional[bool] = field(default=None, metadata={"help": "Concatenate a batch into one row (default: on where supported)."})
+    tool_format: Optional[str] = field(default=None, metadata={"help": "Tool-call format for named templates."})
+    tokenized_path: Optional[str] = field(default=None, metadata={"help": "Save tokenized data here, or load it if present."})
+    data_shared_file_system: bool = field(default=False, metadata={"help": "Preprocess once per node group."})
+
+
+@dataclass
+class FinetuneArgs:
+    stage: str = field(default="sft", metadata={"help": "pt | sft | rm | dpo | kto | ppo (pt and sft implemented)."})
+    finetuning_type: str = field(default="lora", metadata={"help": "lora | freeze | full."})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: Optional[int] = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target: str = field(default="all", metadata={"help": "all, or module names comma-separated."})
+    additional_target: Optional[str] = field(default=None, metadata={"help": "Extra modules trained fully and saved."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA."})
+    loraplus_lr_ratio: Optional[float] = field(default=None, metadata={"help": "Not yet supported."})
+    create_new_adapter: bool = field(default=False, metadata={"help": "New adapter on top of loaded ones."})
+    freeze_trainable_layers: int = field(default=2, metadata={"help": "Train the last n (>0) or first -n (<0) layers."})
+    freeze_trainable_modules: str = field(default="all", metadata={"help": "Modules inside trainable layers."})
+    freeze_extra_modules: Optional[str] = field(default=None, metadata={"help": "Modules outside the layers to train."})
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "Multimodal only."})
+    pure_bf16: bool = field(default=False, metadata={"help": "Train in pure bf16."})
+    plot_loss: bool = field(default=False, metadata={"help": "Write training_loss.png."})
+    loss_chunk_size: int = field(default=1024, metadata={"help": "Supervised tokens per LM-head chunk."})
+    disable_gradient_checkpointing: bool = field(default=False, metadata={"help": "LLaMA-Factory's name; see gradient_checkpointing."})
+    peak_tflops: Optional[float] = field(default=None, metadata={"help": "Hardware peak for MFU (measured when unset)."})
+    token_budget: Optional[int] = field(default=None, metadata={"help": "Batch by at most this many real tokens."})
+    nproc_per_node: Optional[int] = field(default=None, metadata={"help": "Processes per node (torchrun)."})
+    nnodes: Optional[int] = field(default=None, metadata={"help": "Nodes (torchrun)."})
+    node_rank: Optional[int] = field(default=None, metadata={"help": "This node's rank (torchrun)."})
+    master_addr: Optional[str] = field(default=None, metadata={"help": "Rendezvous address (torchrun)."})
+    master_port: Optional[int] = field(default=None, metadata={"help": "Rendezvous port (torchrun)."})
+
+
+@dataclass
+class GenerateArgs:
+    do_sample: bool = field(default=False, metadata={"help": "Sample (true) or greedy (false)."})
+    temperature: float = field(default=0.95, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.7, metadata={"help": "Nucleus sampling."})
+    top_k: int = field(default=50, metadata={"help": "Top-k sampling."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Tokens to generate."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty."})
+    length_penalty: float = field(default=1.0, metadata={"help": "Beam length penalty."})
+    query: Optional[str] = field(default=None, metadata={"help": "chat: answer this once and exit."})

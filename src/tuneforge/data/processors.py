@@ -1,0 +1,119 @@
+"""Conversations to training examples: one function per row shape.
+
+Each returns a dict of columns for one example, or a drop reason (str) saying why the row cannot be used.
+Labels are aligned with input_ids (-100 where not trained); shifting for next-token prediction is the
+collator's job, done per example so no label ever crosses into the next packed example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .conversation import Conversation, Message
+from .encode import TokenTurn, encode_rendered
+from .templates.base import Template
+from .truncate import fit_turns
+
+IGNORE = -100
+
+
+@dataclass
+class ProcessorOptions:
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+
+
+def encode_conversation(template: Template, tokenizer, conv: Conversation, messages: list[Message]):
+    rendered = template.render(messages, conv.system, conv.tools, tokenizer)
+    return encode_rendered(tokenizer, rendered)
+
+
+def _assemble(turns: list[TokenTurn], opts: ProcessorOptions) -> tuple[list[int], list[int]]:
+    input_ids, labels = [], []
+    last = len(turns) - 1
+    for i, t in enumerate(turns):
+        input_ids += t.prompt + t.response
+        labels += list(t.prompt) if opts.train_on_prompt else [IGNORE] * len(t.prompt)
+        trained = not opts.mask_history or i == last
+        labels += list(t.response) if trained else [IGNORE] * len(t.response)
+    return input_ids, labels
+
+
+def supervised_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
+    """sft: every response trained (or only the last with mask_history); returns (example, truncated)."""
+    if len(conv.messages) < 2 or len(conv.messages) % 2:
+        return "no response to train on", False
+    turns, _suffix = encode_conversation(template, tokenizer, conv, conv.messages)
+    if opts.mask_history:
+        # Keep the last turn: drop history from the front rather than losing the trained turn.
+        turns = _drop_front_history(turns, opts.cutoff_len)
+    kept, truncated = fit_turns(turns, opts.cutoff_len)
+    if not kept:
+        return "does not fit cutoff_len", truncated
+    input_ids, labels = _assemble(kept, opts)
+    if all(label == IGNORE for label in labels):
+        return "no supervised token left after truncation", truncated
+    return {"input_ids": input_ids, "labels": labels}, truncated
+
+
+def _drop_front_history(turns: list[TokenTurn], budget: int) -> list[TokenTurn]:
+    while len(turns) > 1 and sum(len(t.prompt) + len(t.response) for t in turns) > budget:
+        turns = turns[1:]
+    return turns
+
+
+def unsupervised_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
+    """Prompt only (for generation-based stages); the response, if any, becomes the labels."""
+    if len(conv.messages) % 2 == 0:
+        prompt_msgs, response = conv.messages[:-1], conv.messages[-1]
+    else:
+        prompt_msgs, response = conv.messages, Message("assistant", "")
+    turns, _ = encode_conversation(template, tokenizer, conv, prompt_msgs + [response])
+    kept, truncated = fit_turns(turns, opts.cutoff_len)
+    if not kept:
+        return "does not fit cutoff_len", truncated
+    history = [i for t in kept[:-1] for i in t.prompt + t.response]
+    return {"input_ids": history + kept[-1].prompt, "labels": kept[-1].response}, truncated
+
+
+def pairwise_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
+    """rm/dpo: chosen and rejected completions of one shared prompt."""
+    if conv.chosen is None or conv.rejected is None:
+        return "no chosen/rejected pair", False
+    out, truncated = {}, False
+    for key, answer in (("chosen", conv.chosen), ("rejected", conv.rejected)):
+        turns, _ = encode_conversation(template, tokenizer, conv, conv.messages + [answer])
+        kept, cut = fit_turns(turns, opts.cutoff_len)
+        truncated |= cut
+        if len(kept) != len(turns) and not cut:
+            return "does not fit cutoff_len", truncated
+        input_ids, labels = _assemble(kept, ProcessorOptions(opts.cutoff_len, opts.train_on_prompt, True))
+        out[f"{key}_input_ids"], out[f"{key}_labels"] = input_ids, labels
+    return out, truncated
+
+
+def kto_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
+    """kto: a prompt, one completion and whether it is desirable."""
+    if conv.kto_tag is None:
+        return "no kto_tag", False
+    example, truncated = supervised_example(
+        template, tokenizer, conv, ProcessorOptions(opts.cutoff_len, opts.train_on_prompt, True)
+    )
+    if isinstance(example, str):
+        return example, truncated
+    example["kto_tag"] = bool(conv.kto_tag)
+    return example, truncated
+
+
+def pretrain_documents(tokenizer, texts: list[str], cutoff_len: int, concatenate: bool) -> list[list[int]]:
+    """pt: documents joined with EOS and cut into cutoff_len blocks (or, with `concatenate` off, each
+    document cut into its own blocks, for neat packing that never attends across documents)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    docs = [bos + tokenizer.encode(t, add_special_tokens=False) + eos for t in texts if t and t.strip()]
+    if not concatenate:
+        return [d[i : i + cutoff_len] for d in docs for i in range(0, len(d), cutoff_len) if len(d[i : i + cutoff_len]) > 1]
+    stream = [i for d in docs for i in d]
+    blocks = [stream[i : i + cutoff_len] for i in range(0, len(stream), cutoff_len)]
+    return [b for b in blocks if len(b) > 1]

@@ -1,0 +1,117 @@
+"""`template: auto`: render with the tokenizer's own Jinja chat template.
+
+Assistant spans are found by render-and-diff: the text of conversation[:k] (with the generation header) is
+a prefix of the text of conversation[:k+1], and the difference is exactly response k. The template's output
+is checked to be prefix-consistent, and a template that is not (one that rewrites earlier turns) is refused
+with the advice to pick a named template, rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ...errors import TemplateError
+from ..conversation import FUNCTION, OBSERVATION, Message
+from .base import Rendered, RenderedTurn
+
+
+def to_hf_messages(messages: list[Message], system: str | None) -> list[dict]:
+    """Our roles to the OpenAI/HF message shape that Jinja chat templates expect."""
+    out = [{"role": "system", "content": system}] if system else []
+    for m in messages:
+        if m.role == FUNCTION:
+            out.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(m.content)})
+        elif m.role == OBSERVATION:
+            out.append({"role": "tool", "content": m.content})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def _tool_calls(content: str) -> list[dict]:
+    try:
+        calls = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise TemplateError(f"a function_call turn is not JSON ({e}): {content[:80]!r}") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    return [{"type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}} for c in calls]
+
+
+def parse_tools(tools: str | None) -> list | None:
+    if not tools:
+        return None
+    try:
+        parsed = json.loads(tools)
+    except json.JSONDecodeError as e:
+        raise TemplateError(f"the tools column is not JSON ({e}): {tools[:80]!r}") from None
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+class AutoTemplate:
+    name = "auto"
+
+    def __init__(self, default_system: str | None = None, enable_thinking: bool = True):
+        self.default_system = default_system
+        self.enable_thinking = enable_thinking
+
+    def _render(self, tokenizer, hf_messages, tools, generation: bool) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                "template: auto needs a tokenizer with a chat template, and this one has none; "
+                "set `template` to a named one (e.g. default for base models, empty for pre-training)"
+            )
+        return tokenizer.apply_chat_template(
+            hf_messages,
+            tools=tools,
+            tokenize=False,
+            add_generation_prompt=generation,
+            enable_thinking=self.enable_thinking,
+        )
+
+    def render(self, messages, system, tools, tokenizer) -> Rendered:
+        system = system or self.default_system
+        hf = to_hf_messages(messages, system)
+        offset = 1 if system else 0
+        tool_list = parse_tools(tools)
+        full = self._render(tokenizer, hf, tool_list, generation=False)
+        turns, cursor = [], 0
+        for k in range(1, len(messages), 2):
+            upto_prompt = hf[: offset + k]
+            before = self._render(tokenizer, upto_prompt, tool_list, generation=True)
+            upto = self._render(tokenizer, hf[: offset + k + 1], tool_list, generation=False)
+            if not (upto.startswith(before) and full.startswith(upto) and before.startswith(full[:cursor])):
+                raise TemplateError(
+                    f"the tokenizer's chat template renders earlier turns differently once later ones are added "
+                    f"(turn {k // 2 + 1} of {messages and len(messages) // 2}), so assistant spans cannot be located "
+                    "exactly; set `template` to the model family's named template (e.g. qwen3_nothink)"
+                )
+            no_header = self._render(tokenizer, upto_prompt, tool_list, generation=False)
+            header = len(before) - len(no_header) if before.startswith(no_header) else 0
+            response = upto[len(before):]
+            content = messages[k].content
+            pos = response.rfind(content) if content else -1
+            tail = len(response) - (pos + len(content)) if pos >= 0 else 0
+            turns.append(RenderedTurn(before[cursor:], response, prompt_tail=header, response_tail=tail))
+            cursor = len(upto)
+        return Rendered(turns, suffix=full[cursor:])
+
+    def render_prompt(self, messages, system, tools, tokenizer) -> str:
+        system = system or self.default_system
+        return self._render(tokenizer, to_hf_messages(messages, system), parse_tools(tools), generation=True)
+
+    def stop_words(self, tokenizer) -> list[str]:
+        """The special tokens that close an assistant turn, read off a rendered one-turn conversation."""
+        words = []
+        try:
+            probe = [Message("user", "x"), Message("assistant", "y")]
+            response = self.render(probe, None, None, tokenizer).turns[0].response
+            special = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+            words = [t for t in sorted(special, key=len, reverse=True) if t and t in response.split("y", 1)[-1]]
+        except TemplateError:
+            pass
+        if tokenizer.eos_token and tokenizer.eos_token not in words:
+            words.append(tokenizer.eos_token)
+        return words
+
+    def jinja(self, tokenizer) -> str | None:
+        return None

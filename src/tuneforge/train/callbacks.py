@@ -1,0 +1,75 @@
+"""Trainer callbacks: trainer_log.jsonl with throughput, and the numbers on the progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from transformers import TrainerCallback
+
+from .throughput import attention_flops, mfu
+
+
+class ThroughputLogCallback(TrainerCallback):
+    """Adds tokens/s, supervised tokens/s and MFU to every log and appends each log to trainer_log.jsonl."""
+
+    def __init__(self, trainer, flops_per_token: float, peak_flops: float, layers: int, hidden: int):
+        self.trainer = trainer
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.layers, self.hidden = layers, hidden
+        self.start = self.last_time = None
+        self.last_tokens = self.last_sup = 0
+        self.path = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last_time = time.perf_counter()
+        self.last_tokens, self.last_sup = self.trainer.tokens_seen, self.trainer.supervised_seen
+        if state.is_world_process_zero:
+            os.makedirs(args.output_dir, exist_ok=True)
+            self.path = os.path.join(args.output_dir, "trainer_log.jsonl")
+            if not args.resume_from_checkpoint and os.path.exists(self.path):
+                os.remove(self.path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or self.start is None:
+            return
+        now = time.perf_counter()
+        world = max(args.world_size, 1)
+        if "loss" in logs:
+            dt = max(now - self.last_time, 1e-9)
+            tokens = (self.trainer.tokens_seen - self.last_tokens) * world
+            sup = (self.trainer.supervised_seen - self.last_sup) * world
+            flops = tokens * self.flops_per_token + attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
+            logs["tokens_per_s"] = round(tokens / dt, 1)
+            logs["supervised_tokens_per_s"] = round(sup / dt, 1)
+            logs["mfu"] = round(mfu(flops, dt, self.peak_flops * world), 4)
+            self.trainer.example_lengths.clear()
+            self.last_time, self.last_tokens, self.last_sup = now, self.trainer.tokens_seen, self.trainer.supervised_seen
+        if not state.is_world_process_zero or self.path is None:
+            return
+        elapsed = now - self.start
+        done = state.global_step / state.max_steps if state.max_steps else 0
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+        for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "supervised_tokens_per_s", "mfu", "eval_loss"):
+            if key in logs:
+                record["lr" if key == "learning_rate" else key] = _plain(logs[key])
+        if "eval_loss" in logs:
+            record["eval_perplexity"] = _perplexity(logs["eval_loss"])
+        record["elapsed_s"] = round(elapsed, 2)
+        record["eta_s"] = round(elapsed / done - elapsed, 2) if done > 0 else None
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _plain(value):
+    return float(value) if hasattr(value, "__float__") else value
+
+
+def _perplexity(loss: float) -> float:
+    try:
+        return round(math.exp(loss), 4)
+    except OverflowError:
+        return float("inf")

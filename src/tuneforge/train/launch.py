@@ -1,0 +1,46 @@
+"""Multi-process training: `tuneforge train` re-runs itself under torchrun when asked for more than one
+process (nproc_per_node / nnodes keys, or NPROC_PER_NODE / NNODES environment variables as in
+LLaMA-Factory)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from ..config.parser import read_sources
+
+
+def launch_settings(argv: list[str]) -> dict | None:
+    if os.environ.get("LOCAL_RANK") is not None or os.environ.get("TUNEFORGE_LAUNCHED"):
+        return None  # already a worker
+    raw = {k: v.value for k, v in read_sources(argv).items()}
+    nproc = raw.get("nproc_per_node") or os.environ.get("NPROC_PER_NODE")
+    nnodes = raw.get("nnodes") or os.environ.get("NNODES") or 1
+    if not nproc and int(nnodes) <= 1:
+        return None
+    nproc = int(nproc or 1)
+    if nproc <= 1 and int(nnodes) <= 1:
+        return None
+    return {
+        "nproc_per_node": nproc,
+        "nnodes": int(nnodes),
+        "node_rank": int(raw.get("node_rank") or os.environ.get("NODE_RANK") or os.environ.get("RANK") or 0),
+        "master_addr": str(raw.get("master_addr") or os.environ.get("MASTER_ADDR") or "127.0.0.1"),
+        "master_port": int(raw.get("master_port") or os.environ.get("MASTER_PORT") or 29500),
+    }
+
+
+def maybe_relaunch(argv: list[str]) -> int | None:
+    """Runs torchrun over this command and returns its exit code, or None to train in this process."""
+    s = launch_settings(argv)
+    if s is None:
+        return None
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={s['nproc_per_node']}", f"--nnodes={s['nnodes']}", f"--node_rank={s['node_rank']}",
+        f"--master_addr={s['master_addr']}", f"--master_port={s['master_port']}",
+        "-m", "tuneforge.cli", "train", *argv,
+    ]
+    env = dict(os.environ, TUNEFORGE_LAUNCHED="1")
+    return subprocess.call(cmd, env=env)

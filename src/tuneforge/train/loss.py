@@ -1,0 +1,102 @@
+"""Cross-entropy and log-probabilities computed only at supervised positions, chunk by chunk.
+
+The hidden states of the supervised positions (N x H) are projected by the LM head in chunks of
+`chunk_size` rows, so the N x V logits are never held at once. `LinearCrossEntropy` computes the gradients
+during the forward pass (the loss is a plain sum, so its gradient does not depend on what comes after),
+which saves recomputing the projection in the backward pass. `token_logprobs` returns one log-probability
+per position for losses that weigh tokens differently (preference optimisation); its backward recomputes
+each chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, max(size, 1)):
+        yield start, min(start + size, n)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), computed chunkwise, fp32 logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for a, b in _chunks(hidden.shape[0], chunk_size):
+            h = hidden[a:b]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, targets[a:b, None]).squeeze(1)
+            total += (lse - picked).sum()
+            if need_h or need_w:
+                g = torch.softmax(logits, dim=-1)  # d(CE)/d(logits) = softmax - onehot
+                g[torch.arange(b - a, device=g.device), targets[a:b]] -= 1
+                g = g.to(hidden.dtype)
+                if need_h:
+                    grad_h[a:b] = g @ weight
+                if need_w:
+                    grad_w += (g.t() @ h).float()
+        ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None
+
+
+def linear_cross_entropy(hidden, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
+    """Sum of token cross-entropies; hidden (N, H), weight (V, H), targets (N,)."""
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0 + weight.sum() * 0
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+
+
+class TokenLogprobs(torch.autograd.Function):
+    """log p(target_i | hidden_i) per position, chunkwise; the backward recomputes each chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for a, b in _chunks(hidden.shape[0], chunk_size):
+            logits = (hidden[a:b] @ weight.t()).float()
+            out[a:b] = logits.gather(1, targets[a:b, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for a, b in _chunks(hidden.shape[0], ctx.chunk_size):
+            h = hidden[a:b]
+            logits = (h @ weight.t()).float()
+            g = -torch.softmax(logits, dim=-1)  # d(logp)/d(logits) = onehot - softmax
+            g[torch.arange(b - a, device=g.device), targets[a:b]] += 1
+            g = (g * grad_out[a:b, None]).to(hidden.dtype)
+            if need_h:
+                gh[a:b] = g @ weight
+            if need_w:
+                gw += (g.t() @ h).float()
+        return gh, (gw.to(weight.dtype) if gw is not None else None), None, None
+
+
+def token_logprobs(hidden, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
+    return TokenLogprobs.apply(hidden, weight, targets, chunk_size)
+
+
+def reference_cross_entropy(hidden, weight, targets) -> torch.Tensor:
+    """The plain full-logits computation the chunked ones must equal (used by tests)."""
+    return F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="sum")

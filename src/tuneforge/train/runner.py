@@ -1,0 +1,147 @@
+"""`tuneforge train`: wires config, tokenizer, template, data, model and Trainer together, top to bottom."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+
+from ..config.parser import build_args, read_sources
+from ..config.validate import training_arguments, validate
+from ..errors import ConfigError
+
+logger = logging.getLogger("tuneforge")
+
+
+def parse_train_args(argv: list[str]):
+    raw = read_sources(argv)
+    args, train_kwargs = build_args(raw, with_training=True)
+    validate(args, train_kwargs, args.sources)
+    args.training = training_arguments(args, train_kwargs)
+    args.extra = train_kwargs["_extra"]
+    return args
+
+
+def check_output_dir(training, overwrite: bool) -> None:
+    out = training.output_dir
+    if not os.path.isdir(out) or training.resume_from_checkpoint or overwrite:
+        return
+    markers = glob.glob(os.path.join(out, "checkpoint-*")) + [
+        p for p in ("trainer_log.jsonl", "adapter_config.json", "model.safetensors", "all_results.json")
+        if os.path.exists(os.path.join(out, p))
+    ]
+    if markers:
+        raise ConfigError(
+            f"output_dir {out} already holds a run; set overwrite_output_dir=true to start over, or "
+            "resume_from_checkpoint=true to continue it"
+        )
+
+
+def use_padding_free(args, model) -> bool:
+    """On unless asked off, and only where attention honours restarting position_ids."""
+    attn = getattr(model.config, "_attn_implementation", None)
+    supported = attn in ("sdpa", "flash_attention_2", "flash_attention_3", "eager")
+    if args.data.padding_free and not supported:
+        logger.warning("padding_free is not supported with attention %s; using padded batches", attn)
+    return supported if args.data.padding_free is None else (args.data.padding_free and supported)
+
+
+def stop_token_ids(tokenizer, template) -> list[int]:
+    ids = []
+    for word in template.stop_words(tokenizer):
+        tid = tokenizer.convert_tokens_to_ids(word)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
+            ids.append(tid)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def run_train(argv: list[str]) -> dict:
+    from transformers import set_seed
+
+    from ..data.collator import PaddedCollator, PaddingFreeCollator
+    from ..data.prepare import prepare_datasets
+    from ..data.templates import get_template
+    from ..models.adapters import apply_finetuning
+    from ..models.loader import load_model, load_tokenizer
+    from .callbacks import ThroughputLogCallback
+    from .outputs import finish_outputs, print_summary
+    from .sampler import LengthGroupedSampler
+    from .throughput import dense_flops_per_token, measure_peak_flops
+    from .trainer import TuneforgeTrainer
+
+    args = parse_train_args(argv)
+    training = args.training
+    check_output_dir(training, args.extra.get("overwrite_output_dir", False))
+    set_seed(training.seed)
+    tokenizer = load_tokenizer(args.model)
+    template = get_template(args.data.template, tokenizer, args.data.default_system, args.data.enable_thinking)
+    with training.main_process_first(desc="preprocessing"):
+        data = prepare_datasets(args.data, args.finetune.stage, tokenizer, template, seed=training.seed,
+                                num_proc=args.data.preprocessing_num_workers)
+    if training.process_index == 0:
+        for line in data.summary_lines():
+            print(f"[data] {line}")
+
+    model = load_model(args.model, args.finetune, tokenizer, is_trainable=True)
+    model = apply_finetuning(model, args.model, args.finetune, is_trainable=True)
+    if training.gradient_checkpointing:
+        model.config.use_cache = False
+    padding_free = use_padding_free(args, model)
+    collator = PaddingFreeCollator() if padding_free else PaddedCollator(tokenizer.pad_token_id)
+    sampler = None
+    if args.extra.get("group_by_length") and data.train is not None and hasattr(data.train, "__len__"):
+        lengths = [len(x) for x in data.train["input_ids"]]
+        sampler = LengthGroupedSampler(lengths, training.per_device_train_batch_size * training.world_size,
+                                       seed=training.seed)
+
+    trainer = TuneforgeTrainer(
+        model=model, args=training, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
+        processing_class=tokenizer, loss_chunk_size=args.finetune.loss_chunk_size, length_sampler=sampler,
+    )
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    peak = (args.finetune.peak_tflops * 1e12) if args.finetune.peak_tflops else measure_peak_flops()
+    cfg = model.config
+    trainer.add_callback(ThroughputLogCallback(
+        trainer, dense_flops_per_token(total, trainable, args.finetune.finetuning_type == "full"), peak,
+        getattr(cfg, "num_hidden_layers", 0) or 0, getattr(cfg, "hidden_size", 0) or 0,
+    ))
+    if training.process_index == 0:
+        print(f"[model] trainable parameters {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%), "
+              f"{'padding-free' if padding_free else 'padded'} batches")
+
+    results = {}
+    if training.do_train:
+        resume = training.resume_from_checkpoint
+        if isinstance(resume, str) and resume.lower() == "true":
+            resume = True
+        out = trainer.train(resume_from_checkpoint=resume)
+        metrics = dict(out.metrics)
+        metrics["train_tokens"] = trainer.tokens_seen * max(training.world_size, 1)
+        metrics["train_supervised_tokens"] = trainer.supervised_seen * max(training.world_size, 1)
+        if metrics.get("train_runtime"):
+            metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / metrics["train_runtime"], 2)
+        trainer.save_model()
+        trainer.save_state()
+        trainer.save_metrics("train", metrics)
+        results.update(metrics)
+    if training.do_eval and data.eval is not None:
+        metrics = trainer.evaluate()
+        if "eval_loss" in metrics:
+            import math
+
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training.process_index == 0:
+        finish_outputs(args, trainer, tokenizer, template, stop_token_ids(tokenizer, template))
+        print_summary(args, results)
+    return results
+
+
+def write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)

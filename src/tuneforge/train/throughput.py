@@ -1,0 +1,41 @@
+"""FLOPs per token and MFU, estimated in the open.
+
+Dense FLOPs per trained token: 6N when every weight is trained (2N forward, 2N for activation gradients,
+2N for weight gradients) and 4N when the base weights are frozen (adapters add their own 6 x their
+parameters). Attention adds, per example of length s, 6 * layers * hidden * s^2 (forward QK^T and AV with a
+causal mask is 2 * layers * hidden * s^2, tripled for the backward pass).
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def dense_flops_per_token(total_params: int, trainable_params: int, full: bool) -> float:
+    if full:
+        return 6.0 * total_params
+    return 4.0 * (total_params - trainable_params) + 6.0 * trainable_params
+
+
+def attention_flops(example_lengths: list[int], layers: int, hidden: int) -> float:
+    return 6.0 * layers * hidden * sum(s * s for s in example_lengths)
+
+
+def measure_peak_flops(size: int = 1024, repeats: int = 3) -> float:
+    """Achieved fp32 GEMM FLOP/s on this machine: the best of a few size^3 matrix products."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
+    if seconds <= 0 or peak_flops_per_s <= 0:
+        return 0.0
+    return flops / seconds / peak_flops_per_s

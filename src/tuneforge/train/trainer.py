@@ -1,0 +1,88 @@
+"""transformers.Trainer with this project's loss: supervised positions only, chunked LM head, normalised by
+the supervised-token count of the whole accumulated batch (so batch x accumulation does not change it)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import Trainer
+
+from ..errors import TuneforgeError
+from .loss import linear_cross_entropy
+
+_NO_LOGITS = torch.tensor([], dtype=torch.long)
+
+
+class NonFiniteLossError(TuneforgeError):
+    pass
+
+
+def output_head(model):
+    while hasattr(model, "module"):  # DDP / accelerate wrappers
+        model = model.module
+    return model.get_output_embeddings(), model.config
+
+
+def supervised_hidden(model, inputs: dict):
+    """Runs the model without its LM head; returns (hidden states at supervised positions, their targets)."""
+    inputs = dict(inputs)
+    targets = inputs.pop("shift_labels")
+    out = model(**inputs, output_hidden_states=True, logits_to_keep=_NO_LOGITS, use_cache=False)
+    mask = targets != -100
+    return out.hidden_states[-1][mask], targets[mask]
+
+
+def supervised_loss_sum(model, inputs: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
+    hidden, targets = supervised_hidden(model, inputs)
+    head, config = output_head(model)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not softcap:
+        return linear_cross_entropy(hidden, head.weight, targets, chunk_size), targets.numel()
+    logits = head(hidden).float()  # odd heads (bias, softcap, adapters on the head): the plain way
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), targets.numel()
+
+
+class TuneforgeTrainer(Trainer):
+    def __init__(self, *args, loss_chunk_size: int = 1024, length_sampler=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_size = loss_chunk_size
+        self.length_sampler = length_sampler
+        self.loss_is_scaled_for_ga = True
+        self.tokens_seen = 0  # real (non-padding) input tokens on this process
+        self.supervised_seen = 0
+        self.example_lengths: list[int] = []  # since the last log, for attention FLOPs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_sum, n_sup = supervised_loss_sum(model, inputs, self.loss_chunk_size)
+        if model.training:
+            self._count(inputs, n_sup)
+        denom = num_items_in_batch if num_items_in_batch is not None else max(n_sup, 1)
+        loss = loss_sum / denom
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1}; training stopped "
+                f"and the last saved checkpoint in {self.args.output_dir} was kept; lower learning_rate, or use "
+                "float32 (bf16=false, fp16=false)"
+            )
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _count(self, inputs, n_sup: int):
+        if "attention_mask" in inputs:
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        else:
+            pos = inputs["position_ids"][0]
+            starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
+            lengths = [b - a for a, b in zip(starts, starts[1:])]
+        self.tokens_seen += int(sum(lengths))
+        self.supervised_seen += int(n_sup)
+        self.example_lengths.extend(int(n) for n in lengths)
+
+    def _get_train_sampler(self, *args, **kwargs):
+        if self.length_sampler is not None:
+            return self.length_sampler
+        return super()._get_train_sampler(*args, **kwargs)

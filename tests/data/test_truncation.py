@@ -1,0 +1,47 @@
+from tuneforge.data.conversation import Conversation, Message
+from tuneforge.data.encode import TokenTurn
+from tuneforge.data.processors import ProcessorOptions, pretrain_documents, supervised_example
+from tuneforge.data.templates.auto import AutoTemplate
+from tuneforge.data.truncate import cut_keeping_tail, fit_turns, proportional_lengths
+
+
+def test_proportional_rule():
+    assert proportional_lengths(10, 5, 100) == (10, 5)  # fits
+    assert proportional_lengths(300, 20, 100) == (80, 20)  # short response kept whole
+    assert proportional_lengths(20, 300, 100) == (20, 80)  # short prompt kept whole
+    assert proportional_lengths(300, 100, 100) == (75, 25)  # in proportion
+
+
+def test_cut_keeps_tail():
+    assert cut_keeping_tail(list(range(10)), 5, 2) == [0, 1, 2, 8, 9]
+    assert cut_keeping_tail(list(range(10)), 20, 2) == list(range(10))
+
+
+def test_later_turns_dropped_whole():
+    turns = [TokenTurn([1] * 4, [2] * 4), TokenTurn([3] * 4, [4] * 4), TokenTurn([5] * 4, [6] * 4)]
+    kept, cut = fit_turns(turns, 20)
+    assert cut and len(kept) == 2 and kept[1].response == [4] * 4
+
+
+def test_first_turn_cut_keeps_end_of_turn(chatml_tok):
+    conv = Conversation(messages=[Message("user", "hello " * 40), Message("assistant", "world " * 40)])
+    example, truncated = supervised_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=30))
+    assert truncated and len(example["input_ids"]) == 30
+    trained = [t for t in example["labels"] if t != -100]
+    assert chatml_tok.decode(trained).endswith("<|im_end|>\n")
+    assert chatml_tok.decode(example["input_ids"]).count("<|im_start|>assistant\n") == 1
+
+
+def test_prompt_that_leaves_no_room_is_dropped_with_reason(chatml_tok):
+    conv = Conversation(messages=[Message("user", "a"), Message("assistant", "b")])
+    example, _ = supervised_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=1))
+    assert isinstance(example, str)
+
+
+def test_pretrain_blocks(chatml_tok):
+    blocks = pretrain_documents(chatml_tok, ["hello world " * 10, "the fox " * 10], 16, concatenate=True)
+    assert all(len(b) <= 16 for b in blocks)
+    flat = [i for b in blocks for i in b]
+    assert flat.count(chatml_tok.eos_token_id) == 2
+    separate = pretrain_documents(chatml_tok, ["hello world " * 10, "the fox"], 16, concatenate=False)
+    assert separate[-1][-1] == chatml_tok.eos_token_id

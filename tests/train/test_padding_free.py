@@ -1,0 +1,73 @@
+import random
+
+import torch
+
+from tests.tiny import tiny_llama
+from tuneforge.data.collator import PaddedCollator, PaddingFreeCollator
+from tuneforge.train.trainer import supervised_loss_sum
+
+
+def _examples(vocab: int, n=5, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(4, 20)
+        ids = [rng.randrange(vocab) for _ in range(length)]
+        cut = rng.randint(1, length - 1)
+        out.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:]})
+    return out
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    loss, n = supervised_loss_sum(model, batch, chunk_size=7)
+    (loss / n).backward()
+    return (loss / n).item(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_padded_and_padding_free_give_same_loss_and_grads(chatml_tok):
+    model = tiny_llama(chatml_tok)
+    examples = _examples(len(chatml_tok))
+    padded = PaddedCollator(chatml_tok.pad_token_id)(examples)
+    free = PaddingFreeCollator()(examples)
+    assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
+    assert int((padded["shift_labels"] != -100).sum()) == int((free["shift_labels"] != -100).sum())
+    loss_a, grads_a = _loss_and_grads(model, padded)
+    loss_b, grads_b = _loss_and_grads(model, free)
+    assert abs(loss_a - loss_b) < 1e-5
+    for k in grads_a:
+        assert torch.allclose(grads_a[k], grads_b[k], atol=1e-5), k
+
+
+def test_pt_blocks_padded_vs_padding_free(chatml_tok):
+    model = tiny_llama(chatml_tok)
+    blocks = [{"input_ids": e["input_ids"], "labels": list(e["input_ids"])} for e in _examples(len(chatml_tok), seed=3)]
+    a, _ = _loss_and_grads(model, PaddedCollator(chatml_tok.pad_token_id)(blocks))
+    b, _ = _loss_and_grads(model, PaddingFreeCollator()(blocks))
+    assert abs(a - b) < 1e-5
+
+
+def test_packed_attention_never_crosses_examples(chatml_tok):
+    model = tiny_llama(chatml_tok).eval()
+    examples = _examples(len(chatml_tok), n=3, seed=1)
+    perturbed = [dict(e) for e in examples]
+    perturbed[1] = {"input_ids": [(t + 1) % 300 for t in examples[1]["input_ids"]], "labels": examples[1]["labels"]}
+
+    def logits(batch):
+        b = PaddingFreeCollator()(batch)
+        with torch.no_grad():
+            return model(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits[0]
+
+    a, b = logits(examples), logits(perturbed)
+    n0, n1 = len(examples[0]["input_ids"]), len(examples[1]["input_ids"])
+    assert torch.allclose(a[:n0], b[:n0], atol=1e-6)
+    assert torch.allclose(a[n0 + n1 :], b[n0 + n1 :], atol=1e-6)
+    assert not torch.allclose(a[n0 : n0 + n1], b[n0 : n0 + n1])
+
+
+def test_shift_never_crosses_into_next_example():
+    batch = PaddingFreeCollator()([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}])
+    assert batch["shift_labels"].tolist() == [[2, 3, -100, 5, -100]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    neat = PaddingFreeCollator()([{"input_ids": [1, 2, 3, 4, 5], "labels": [1, 2, 3, 4, 5], "segments": [3, 2]}])
+    assert neat["shift_labels"].tolist() == batch["shift_labels"].tolist()
