@@ -33,6 +33,7 @@ IGNORED_KEYS = {
 class RawValue:
     value: object
     where: str  # "config.yaml:12" or "command line"
+    text: str | None = None  # the command-line text, for keys whose type is plain text
 
 
 def read_sources(argv: list[str]) -> dict[str, RawValue]:
@@ -52,10 +53,10 @@ def read_sources(argv: list[str]) -> dict[str, RawValue]:
                 i, value = i + 1, rest[i + 1]
             else:
                 value = "true"
-            raw[key] = RawValue(_scalar(value), "command line")
+            raw[key] = RawValue(_scalar(value), "command line", value)
         elif "=" in item:
             key, value = item.split("=", 1)
-            raw[key.strip()] = RawValue(_scalar(value), "command line")
+            raw[key.strip()] = RawValue(_scalar(value), "command line", value)
         else:
             raise ConfigError(f"cannot read command-line item {item!r}: write key=value or --key value")
         i += 1
@@ -106,6 +107,8 @@ def _coerce(value, hint, key: str, where: str):
         return None
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     options = [o for o in options if o is not type(None)]
+    if isinstance(value, bool) and bool not in options and (str in options or _has_enum(options)):
+        value = "no" if value is False else "true"  # YAML 1.1 reads `save_strategy: no` as false
     if isinstance(value, str):
         for kind in options:
             if kind is bool and value.lower() in ("true", "false", "yes", "no", "1", "0"):
@@ -125,6 +128,18 @@ def _coerce(value, hint, key: str, where: str):
     ):
         return str(value)
     return value
+
+
+def _typed_value(rv: RawValue, hint):
+    """A command-line value for a text-typed key stays the text typed (query=yes is the word "yes")."""
+    if rv.text is not None and _plain_text(hint):
+        return rv.text
+    return rv.value
+
+
+def _plain_text(hint) -> bool:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return str in options and not {bool, int, float} & set(options)
 
 
 def _has_enum(options) -> bool:
@@ -174,10 +189,11 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
         placed = False
         for cls, types_ in groups.items():
             if key in types_:
-                kwargs[cls][key] = _coerce(rv.value, types_[key], key, rv.where)
+                kwargs[cls][key] = _coerce(_typed_value(rv, types_[key]), types_[key], key, rv.where)
                 placed = True
         if key in training_types:
-            train_kwargs[key] = _coerce(rv.value, training_types[key], key, rv.where)
+            hint = training_types[key]
+            train_kwargs[key] = _coerce(_typed_value(rv, hint), hint, key, rv.where)
         elif key in EXTRA_TRAIN_KEYS and not placed:
             extra[key] = _coerce(rv.value, EXTRA_TRAIN_KEYS[key], key, rv.where)
     try:

@@ -1,0 +1,1 @@
+"""Model sources (folder, hub, GGUF, aliases), loading with quantisation, and adapters (LoRA/freeze/full)."""

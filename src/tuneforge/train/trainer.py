@@ -71,6 +71,17 @@ class TuneforgeTrainer(Trainer):
             )
         return (loss, {"loss": loss}) if return_outputs else loss
 
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """Supervised targets in the whole accumulated batch (all processes when averaging across them), the
+        denominator that makes batch x accumulation not matter. Counted here because the Trainer only
+        counts batches that carry `labels`."""
+        if not batch_samples or "shift_labels" not in batch_samples[0]:
+            return None
+        count = sum(b["shift_labels"].ne(-100).sum() for b in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
     def _count(self, inputs, n_sup: int):
         if "attention_mask" in inputs:
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
