@@ -159,7 +159,8 @@ class Args:
     ignored: list
 
 
-EXTRA_TRAIN_KEYS = {"overwrite_output_dir": bool, "group_by_length": bool, "logging_dir": str}
+# LLaMA-Factory / transformers 4.x keys that transformers 5 dropped from TrainingArguments; validate.py maps them.
+EXTRA_TRAIN_KEYS = {"overwrite_output_dir": bool, "group_by_length": bool, "logging_dir": str, "warmup_ratio": float}
 
 
 def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dict]:

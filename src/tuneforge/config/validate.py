@@ -73,6 +73,9 @@ def training_arguments(args, train_kwargs: dict):
     from transformers import Seq2SeqTrainingArguments
 
     kw = {k: v for k, v in train_kwargs.items() if k != "_extra"}
+    ratio = train_kwargs.get("_extra", {}).get("warmup_ratio")
+    if ratio is not None and "warmup_steps" not in kw:
+        kw["warmup_steps"] = float(ratio)  # transformers 5 reads a float in [0, 1) as a ratio of all steps
     kw.setdefault("output_dir", os.path.join("saves", f"{args.finetune.stage}-{args.finetune.finetuning_type}"))
     kw.setdefault("report_to", "none")
     kw.setdefault("do_train", True)
@@ -84,6 +87,8 @@ def training_arguments(args, train_kwargs: dict):
     kw["prediction_loss_only"] = True
     kw["label_names"] = ["shift_labels"]
     kw.setdefault("ddp_find_unused_parameters", False)
+    # Rank 0 tokenizes while the others wait at a barrier: a large dataset must not time them out.
+    kw.setdefault("ddp_timeout", 7 * 24 * 3600)
     if kw.get("eval_strategy", "no") != "no" or args.data.val_size or args.data.eval_dataset:
         kw.setdefault("do_eval", True)
     try:

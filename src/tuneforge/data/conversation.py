@@ -20,8 +20,9 @@ class Message:
 @dataclass
 class Conversation:
     """messages alternate prompt-side (user/observation) and response-side (assistant/function_call) turns,
-    starting with a prompt-side turn. For sft the last message is a response; for pairwise/kto/unsupervised
-    rows it is a prompt and the candidate responses live in chosen/rejected/completion."""
+    starting with a prompt-side turn. For sft the last message is a response. For kto it is too: messages
+    end with the completion, and kto_tag says whether that completion is desirable. For pairwise and
+    unsupervised rows the last message is a prompt; pairwise candidate responses live in chosen/rejected."""
 
     messages: list[Message] = field(default_factory=list)
     system: str | None = None

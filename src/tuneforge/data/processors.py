@@ -109,9 +109,18 @@ def kto_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions)
 def pretrain_documents(tokenizer, texts: list[str], cutoff_len: int, concatenate: bool) -> list[list[int]]:
     """pt: documents joined with EOS and cut into cutoff_len blocks (or, with `concatenate` off, each
     document cut into its own blocks, for neat packing that never attends across documents)."""
+    return cut_blocks(encode_documents(tokenizer, texts), cutoff_len, concatenate)
+
+
+def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each non-blank document as BOS (if the tokenizer has one) + its ids + EOS."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-    docs = [bos + tokenizer.encode(t, add_special_tokens=False) + eos for t in texts if t and t.strip()]
+    return [bos + tokenizer.encode(t, add_special_tokens=False) + eos for t in texts if t and t.strip()]
+
+
+def cut_blocks(docs: list[list[int]], cutoff_len: int, concatenate: bool) -> list[list[int]]:
+    """Encoded documents into blocks of at most cutoff_len ids (blocks of one token are dropped)."""
     if not concatenate:
         return [d[i : i + cutoff_len] for d in docs for i in range(0, len(d), cutoff_len) if len(d[i : i + cutoff_len]) > 1]
     stream = [i for d in docs for i in d]

@@ -146,6 +146,7 @@ def convert_gguf_to_folder(gguf_path: Path, out_dir: Path, source_label: Optiona
     )
     plain_model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _make_readable(out_dir)
 
     size = gguf_path.stat().st_size
     record = {
@@ -173,3 +174,11 @@ def _module_name(model, module) -> str:
         if candidate is module:
             return name
     return "\0"
+
+
+def _make_readable(folder: Path) -> None:
+    """The weights are written owner-only; a cache shared by a team should follow the umask like other files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)

@@ -26,7 +26,7 @@ class ThroughputLogCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.perf_counter()
-        self.last_tokens, self.last_sup = self.trainer.tokens_seen, self.trainer.supervised_seen
+        self.last_tokens, self.last_sup = self.trainer.global_counts()
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
             self.path = os.path.join(args.output_dir, "trainer_log.jsonl")
@@ -40,15 +40,15 @@ class ThroughputLogCallback(TrainerCallback):
         world = max(args.world_size, 1)
         if "loss" in logs:
             dt = max(now - self.last_time, 1e-9)
-            tokens = (self.trainer.tokens_seen - self.last_tokens) * world
-            sup = (self.trainer.supervised_seen - self.last_sup) * world
+            total, total_sup = self.trainer.global_counts()
+            tokens, sup = total - self.last_tokens, total_sup - self.last_sup
             flops = tokens * self.flops_per_token + attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
             logs["tokens_per_s"] = round(tokens / dt, 1)
             logs["supervised_tokens_per_s"] = round(sup / dt, 1)
             logs["mfu"] = round(mfu(flops, dt, self.peak_flops * world), 4)
             self.trainer.example_lengths.clear()
-            self.last_time, self.last_tokens, self.last_sup = now, self.trainer.tokens_seen, self.trainer.supervised_seen
-        if not state.is_world_process_zero or self.path is None:
+            self.last_time, self.last_tokens, self.last_sup = now, total, total_sup
+        if not state.is_world_process_zero or self.path is None or not ({"loss", "eval_loss"} & set(logs)):
             return
         elapsed = now - self.start
         done = state.global_step / state.max_steps if state.max_steps else 0

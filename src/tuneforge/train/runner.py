@@ -64,7 +64,7 @@ def run_train(argv: list[str]) -> dict:
     from ..data.collator import PaddedCollator, PaddingFreeCollator
     from ..data.prepare import prepare_datasets
     from ..data.templates import get_template
-    from ..models.adapters import apply_finetuning
+    from ..models.adapters import count_parameters
     from ..models.loader import load_model, load_tokenizer
     from .callbacks import ThroughputLogCallback
     from .outputs import finish_outputs, print_summary
@@ -85,8 +85,7 @@ def run_train(argv: list[str]) -> dict:
         for line in data.summary_lines():
             print(f"[data] {line}")
 
-    model = load_model(args.model, args.finetune, tokenizer, is_trainable=True)
-    model = apply_finetuning(model, args.model, args.finetune, is_trainable=True)
+    model = load_model(args.model, args.finetune, tokenizer, is_trainable=True)  # adapters/freezing applied
     if training.gradient_checkpointing:
         model.config.use_cache = False
     padding_free = use_padding_free(args, model)
@@ -101,8 +100,7 @@ def run_train(argv: list[str]) -> dict:
         model=model, args=training, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
         processing_class=tokenizer, loss_chunk_size=args.finetune.loss_chunk_size, length_sampler=sampler,
     )
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, total = count_parameters(model)
     peak = (args.finetune.peak_tflops * 1e12) if args.finetune.peak_tflops else measure_peak_flops()
     cfg = model.config
     trainer.add_callback(ThroughputLogCallback(
@@ -120,8 +118,7 @@ def run_train(argv: list[str]) -> dict:
             resume = True
         out = trainer.train(resume_from_checkpoint=resume)
         metrics = dict(out.metrics)
-        metrics["train_tokens"] = trainer.tokens_seen * max(training.world_size, 1)
-        metrics["train_supervised_tokens"] = trainer.supervised_seen * max(training.world_size, 1)
+        metrics["train_tokens"], metrics["train_supervised_tokens"] = trainer.global_counts()
         if metrics.get("train_runtime"):
             metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / metrics["train_runtime"], 2)
         trainer.save_model()
@@ -129,7 +126,8 @@ def run_train(argv: list[str]) -> dict:
         trainer.save_metrics("train", metrics)
         results.update(metrics)
     if training.do_eval and data.eval is not None:
-        metrics = trainer.evaluate()
+        done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        metrics = {k: v for k, v in done[-1].items() if k.startswith("eval_")} if done else trainer.evaluate()
         if "eval_loss" in metrics:
             import math
 

@@ -93,6 +93,13 @@ class TuneforgeTrainer(Trainer):
         self.supervised_seen += int(n_sup)
         self.example_lengths.extend(int(n) for n in lengths)
 
+    def global_counts(self) -> tuple[int, int]:
+        """(real tokens, supervised tokens) seen by all processes; a collective call under DDP."""
+        counts = torch.tensor([self.tokens_seen, self.supervised_seen], dtype=torch.long, device=self.args.device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return int(counts[0]), int(counts[1])
+
     def _get_train_sampler(self, *args, **kwargs):
         if self.length_sampler is not None:
             return self.length_sampler

@@ -47,6 +47,29 @@ def parse_tools(tools: str | None) -> list | None:
     return parsed if isinstance(parsed, list) else [parsed]
 
 
+def _names(items) -> list[str]:
+    """Function names of a tool list or of a function_call turn's calls (either shape)."""
+    names = []
+    for item in items or []:
+        if isinstance(item, dict):
+            name = item.get("name") or (item.get("function") or {}).get("name")
+            if isinstance(name, str) and name:
+                names.append(name)
+    return names
+
+
+def _require_rendered(names: list[str], text: str, what: str) -> None:
+    # A chat template without tool support renders tool lists and calls as nothing; training on that
+    # would teach the model to answer a tool turn with an empty message.
+    missing = [n for n in names if n not in text]
+    if missing:
+        raise TemplateError(
+            f"the tokenizer's chat template does not render {what} (function '{missing[0]}' is missing from "
+            "the rendered text); set `template` to a named template with tool support (e.g. qwen, llama3, "
+            "glm4, mistral), or use a dataset without tools"
+        )
+
+
 class AutoTemplate:
     name = "auto"
 
@@ -60,13 +83,22 @@ class AutoTemplate:
                 "template: auto needs a tokenizer with a chat template, and this one has none; "
                 "set `template` to a named one (e.g. default for base models, empty for pre-training)"
             )
-        return tokenizer.apply_chat_template(
-            hf_messages,
-            tools=tools,
-            tokenize=False,
-            add_generation_prompt=generation,
-            enable_thinking=self.enable_thinking,
-        )
+        from jinja2.exceptions import TemplateError as JinjaError
+
+        try:
+            return tokenizer.apply_chat_template(
+                hf_messages,
+                tools=tools,
+                tokenize=False,
+                add_generation_prompt=generation,
+                enable_thinking=self.enable_thinking,
+            )
+        except JinjaError as e:  # e.g. raise_exception('System role not supported') in the template itself
+            roles = ", ".join(dict.fromkeys(m["role"] for m in hf_messages))
+            raise TemplateError(
+                f"the tokenizer's chat template refused a conversation with roles {roles}: {e}; set `template` "
+                "to a named template, or leave out what the model's template does not support (e.g. system prompts)"
+            ) from None
 
     def render(self, messages, system, tools, tokenizer) -> Rendered:
         system = system or self.default_system
@@ -74,6 +106,7 @@ class AutoTemplate:
         offset = 1 if system else 0
         tool_list = parse_tools(tools)
         full = self._render(tokenizer, hf, tool_list, generation=False)
+        _require_rendered(_names(tool_list), full, "tool lists")
         turns, cursor = [], 0
         for k in range(1, len(messages), 2):
             upto_prompt = hf[: offset + k]
@@ -88,6 +121,8 @@ class AutoTemplate:
             no_header = self._render(tokenizer, upto_prompt, tool_list, generation=False)
             header = len(before) - len(no_header) if before.startswith(no_header) else 0
             response = upto[len(before):]
+            if messages[k].role == FUNCTION:
+                _require_rendered(_names(hf[offset + k]["tool_calls"]), response, "tool calls")
             content = messages[k].content
             pos = response.rfind(content) if content else -1
             tail = len(response) - (pos + len(content)) if pos >= 0 else 0

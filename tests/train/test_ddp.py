@@ -1,0 +1,38 @@
+"""Two CPU processes (gloo) under torchrun give the same losses as one process with the doubled batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.train.test_train_e2e import base_args, data_files, losses  # noqa: F401 (fixture)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(argv, env):
+    proc = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", *argv], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, data_files, tmp_path):
+    env = dict(os.environ, TUNEFORGE_DATA_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    _run(base_args(tiny_model_dir, data_files["sft"], one, per_device_train_batch_size=4, max_steps=4), env)
+    proc = _run(base_args(tiny_model_dir, data_files["sft"], two, per_device_train_batch_size=2, max_steps=4,
+                          nproc_per_node=2, master_port=_free_port()), env)
+    assert len(losses(two)) == 4
+    assert losses(two) == pytest.approx(losses(one), abs=1e-5)
+    results = json.load(open(os.path.join(two, "all_results.json")))
+    assert results["train_tokens"] == json.load(open(os.path.join(one, "all_results.json")))["train_tokens"]
+    assert "[done]" in proc.stdout
