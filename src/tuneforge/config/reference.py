@@ -22,5 +22,17 @@ def markdown() -> str:
     return "\n".join(out)
 
 
+def update_readme(path: str = "README.md") -> None:
+    """Rewrites the block between the reference markers of README.md."""
+    text = open(path, encoding="utf-8").read()
+    start, end = "<!-- reference:start -->\n", "<!-- reference:end -->"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(head + start + markdown() + end + tail)
+
+
 if __name__ == "__main__":
-    print(markdown())
+    import sys
+
+    update_readme() if "--update" in sys.argv else print(markdown())

@@ -23,6 +23,7 @@ class ThroughputLogCallback(TrainerCallback):
         self.start = self.last_time = None
         self.last_tokens = self.last_sup = 0
         self.path = None
+        self.total_flops = 0.0  # estimated, all processes, for the end-of-run MFU
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.perf_counter()
@@ -46,6 +47,7 @@ class ThroughputLogCallback(TrainerCallback):
             logs["tokens_per_s"] = round(tokens / dt, 1)
             logs["supervised_tokens_per_s"] = round(sup / dt, 1)
             logs["mfu"] = round(mfu(flops, dt, self.peak_flops * world), 4)
+            self.total_flops += flops
             self.trainer.example_lengths.clear()
             self.last_time, self.last_tokens, self.last_sup = now, total, total_sup
         if not state.is_world_process_zero or self.path is None or not ({"loss", "eval_loss"} & set(logs)):

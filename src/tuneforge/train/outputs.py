@@ -30,7 +30,8 @@ def print_summary(args, results: dict) -> None:
     out = args.training.output_dir
     keys = [
         ("train_loss", "final training loss"), ("train_runtime", "runtime (s)"),
-        ("train_tokens_per_second", "real tokens/s"), ("eval_loss", "eval loss"),
+        ("train_tokens_per_second", "real tokens/s"), ("train_supervised_tokens_per_second", "supervised tokens/s"),
+        ("train_mfu", "MFU"), ("eval_loss", "eval loss"),
         ("eval_perplexity", "eval perplexity"),
     ]
     print("[done] " + ", ".join(f"{label} {results[k]:.4g}" for k, label in keys if k in results))

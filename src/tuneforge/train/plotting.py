@@ -36,31 +36,33 @@ def plot_losses(output_dir: str) -> list[str]:
     records = read_log(output_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    name = Path(output_dir).name
     written = []
-    if train:
+
+    def figure(filename: str, title: str, draw) -> None:
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        draw(ax)
+        ax.set(xlabel="step", ylabel="loss", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = Path(output_dir) / filename
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(str(path))
+
+    def draw_eval(ax) -> None:
+        ax.plot(*zip(*evals), "o-", color="#d2691e", label="eval loss")
+
+    def draw_train(ax) -> None:
         steps, losses = zip(*train)
         ax.plot(steps, losses, color="#9ab", alpha=0.7, label="training loss")
         ax.plot(steps, smooth(list(losses)), color="#1f5fa8", label="smoothed")
         if evals:
-            ax.plot(*zip(*evals), "o-", color="#d2691e", label="eval loss")
-        ax.set(xlabel="step", ylabel="loss", title=f"training loss of {Path(output_dir).name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = Path(output_dir) / "training_loss.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(str(path))
+            draw_eval(ax)
+
+    if train:
+        figure("training_loss.png", f"training loss of {name}", draw_train)
     if evals:
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-        ax.plot(*zip(*evals), "o-", color="#d2691e", label="eval loss")
-        ax.set(xlabel="step", ylabel="loss", title=f"eval loss of {Path(output_dir).name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = Path(output_dir) / "eval_loss.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(str(path))
+        figure("eval_loss.png", f"eval loss of {name}", draw_eval)
     return written

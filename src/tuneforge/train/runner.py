@@ -47,6 +47,17 @@ def use_padding_free(args, model) -> bool:
     return supported if args.data.padding_free is None else (args.data.padding_free and supported)
 
 
+def needs_gradient_checkpointing(config, tokens_per_batch: int, available_bytes: int) -> bool:
+    """True when the activations one batch keeps for the backward pass would take over 40% of the memory
+    available. Rough fp32 count per token and layer: ~10 hidden-sized and ~3 intermediate-sized tensors
+    (attention inputs and outputs, norms, residuals, the MLP's gate/up/activation)."""
+    hidden = getattr(config, "hidden_size", 0) or 0
+    inter = getattr(config, "intermediate_size", 0) or 4 * hidden
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    estimate = tokens_per_batch * layers * (10 * hidden + 3 * inter) * 4
+    return estimate > 0.4 * available_bytes
+
+
 def stop_token_ids(tokenizer, template) -> list[int]:
     ids = []
     for word in template.stop_words(tokenizer):
@@ -68,8 +79,8 @@ def run_train(argv: list[str]) -> dict:
     from ..models.loader import load_model, load_tokenizer
     from .callbacks import ThroughputLogCallback
     from .outputs import finish_outputs, print_summary
-    from .sampler import LengthGroupedSampler
-    from .throughput import dense_flops_per_token, measure_peak_flops
+    from .sampler import LengthGroupedSampler, TokenBudgetBatchSampler
+    from .throughput import dense_flops_per_token, machine_peak_flops
     from .trainer import TuneforgeTrainer
 
     args = parse_train_args(argv)
@@ -86,27 +97,41 @@ def run_train(argv: list[str]) -> dict:
             print(f"[data] {line}")
 
     model = load_model(args.model, args.finetune, tokenizer, is_trainable=True)  # adapters/freezing applied
+    if "gradient_checkpointing" not in args.sources and not args.finetune.disable_gradient_checkpointing:
+        # Off by default: it costs ~30% speed and measured runs here fit without it; on when memory needs it.
+        import psutil
+
+        tokens = args.finetune.token_budget or training.per_device_train_batch_size * args.data.cutoff_len
+        if needs_gradient_checkpointing(model.config, tokens, psutil.virtual_memory().available):
+            training.gradient_checkpointing = True
+            print("[model] gradient checkpointing on: a batch's activations would not fit comfortably in memory")
     if training.gradient_checkpointing:
         model.config.use_cache = False
     padding_free = use_padding_free(args, model)
     collator = PaddingFreeCollator() if padding_free else PaddedCollator(tokenizer.pad_token_id)
-    sampler = None
-    if args.extra.get("group_by_length") and data.train is not None and hasattr(data.train, "__len__"):
+    sampler, batch_sampler = None, None
+    sized = data.train is not None and hasattr(data.train, "__len__")
+    if sized and (args.extra.get("group_by_length") or args.finetune.token_budget):
         lengths = [len(x) for x in data.train["input_ids"]]
-        sampler = LengthGroupedSampler(lengths, training.per_device_train_batch_size * training.world_size,
-                                       seed=training.seed)
+        if args.finetune.token_budget:
+            batch_sampler = TokenBudgetBatchSampler(lengths, args.finetune.token_budget, seed=training.seed)
+        else:
+            sampler = LengthGroupedSampler(lengths, training.per_device_train_batch_size * training.world_size,
+                                           seed=training.seed)
 
     trainer = TuneforgeTrainer(
         model=model, args=training, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
         processing_class=tokenizer, loss_chunk_size=args.finetune.loss_chunk_size, length_sampler=sampler,
+        batch_sampler=batch_sampler,
     )
     trainable, total = count_parameters(model)
-    peak = (args.finetune.peak_tflops * 1e12) if args.finetune.peak_tflops else measure_peak_flops()
+    peak = (args.finetune.peak_tflops * 1e12) if args.finetune.peak_tflops else machine_peak_flops()
     cfg = model.config
-    trainer.add_callback(ThroughputLogCallback(
+    meter = ThroughputLogCallback(
         trainer, dense_flops_per_token(total, trainable, args.finetune.finetuning_type == "full"), peak,
         getattr(cfg, "num_hidden_layers", 0) or 0, getattr(cfg, "hidden_size", 0) or 0,
-    ))
+    )
+    trainer.add_callback(meter)
     if training.process_index == 0:
         print(f"[model] trainable parameters {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%), "
               f"{'padding-free' if padding_free else 'padded'} batches")
@@ -120,7 +145,10 @@ def run_train(argv: list[str]) -> dict:
         metrics = dict(out.metrics)
         metrics["train_tokens"], metrics["train_supervised_tokens"] = trainer.global_counts()
         if metrics.get("train_runtime"):
-            metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / metrics["train_runtime"], 2)
+            runtime = metrics["train_runtime"]
+            metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / runtime, 2)
+            metrics["train_supervised_tokens_per_second"] = round(metrics["train_supervised_tokens"] / runtime, 2)
+            metrics["train_mfu"] = round(meter.total_flops / runtime / (peak * max(training.world_size, 1)), 4)
         trainer.save_model()
         trainer.save_state()
         trainer.save_metrics("train", metrics)

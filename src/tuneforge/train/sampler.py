@@ -29,3 +29,37 @@ class LengthGroupedSampler(Sampler):
             chunk = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
             out.extend(chunk)
         return iter(out)
+
+
+class TokenBudgetBatchSampler:
+    """Batches of shuffled examples holding at most `budget` real tokens each (an example longer than the
+    budget gets a batch of its own), so a batch's cost, not its example count, is fixed."""
+
+    def __init__(self, lengths: list[int], budget: int, seed: int = 42):
+        self.lengths, self.budget, self.seed = lengths, budget, seed
+        self.epoch = 0
+        self._batches = self._make(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._batches = self._make(epoch)
+
+    def _make(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        batches, current, used = [], [], 0
+        for i in torch.randperm(len(self.lengths), generator=g).tolist():
+            n = self.lengths[i]
+            if current and used + n > self.budget:
+                batches.append(current)
+                current, used = [], 0
+            current.append(i)
+            used += n
+        if current:
+            batches.append(current)
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self):
+        return iter(self._batches)

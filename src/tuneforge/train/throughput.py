@@ -8,7 +8,11 @@ causal mask is 2 * layers * hidden * s^2, tripled for the backward pass).
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 
 def dense_flops_per_token(total_params: int, trainable_params: int, full: bool) -> float:
@@ -39,3 +43,23 @@ def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
     if seconds <= 0 or peak_flops_per_s <= 0:
         return 0.0
     return flops / seconds / peak_flops_per_s
+
+
+def machine_peak_flops() -> float:
+    """measure_peak_flops once per machine and thread count, remembered under ~/.cache/tuneforge."""
+    import torch
+
+    key = f"{platform.machine()}-{platform.processor() or 'cpu'}-{os.cpu_count()}-{torch.get_num_threads()}"
+    path = Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge")) / "peak_flops.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measure_peak_flops()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(known))
+        except OSError:
+            pass
+    return float(known[key])

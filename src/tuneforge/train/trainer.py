@@ -46,10 +46,11 @@ def supervised_loss_sum(model, inputs: dict, chunk_size: int) -> tuple[torch.Ten
 
 
 class TuneforgeTrainer(Trainer):
-    def __init__(self, *args, loss_chunk_size: int = 1024, length_sampler=None, **kwargs):
+    def __init__(self, *args, loss_chunk_size: int = 1024, length_sampler=None, batch_sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
         self.length_sampler = length_sampler
+        self.batch_sampler = batch_sampler  # token-budget batches replace the fixed batch size
         self.loss_is_scaled_for_ga = True
         self.tokens_seen = 0  # real (non-padding) input tokens on this process
         self.supervised_seen = 0
@@ -99,6 +100,15 @@ class TuneforgeTrainer(Trainer):
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         return int(counts[0]), int(counts[1])
+
+    def get_train_dataloader(self):
+        if self.batch_sampler is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
 
     def _get_train_sampler(self, *args, **kwargs):
         if self.length_sampler is not None:

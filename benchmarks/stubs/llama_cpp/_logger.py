@@ -1,0 +1,3 @@
+import logging
+
+logger = logging.getLogger("llama_cpp")

@@ -1,0 +1,43 @@
+"""Every YAML under examples/ parses, validates, and the CPU ones train on a tiny model."""
+
+import glob
+import os
+
+import pytest
+
+from tuneforge.config.parser import build_args, read_sources
+from tuneforge.config.validate import validate
+from tuneforge.errors import ConfigError
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
+GPU_ONLY = {"sft_full_ds3.yaml"}
+
+
+def test_there_are_examples():
+    assert len(EXAMPLES) >= 8
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
+def test_example_parses_and_validates(path):
+    args, train_kwargs = build_args(read_sources([path]), with_training=True)
+    if os.path.basename(path) in GPU_ONLY:
+        import torch
+
+        if not torch.cuda.is_available():
+            with pytest.raises(ConfigError, match="deepspeed=null"):
+                validate(args, train_kwargs, args.sources)
+            return
+    validate(args, train_kwargs, args.sources)
+
+
+@pytest.mark.parametrize("name", ["sft_lora.yaml", "sft_qlora.yaml", "sft_freeze.yaml", "sft_full.yaml", "pt_lora.yaml"])
+def test_cpu_example_trains_on_a_tiny_model(name, tiny_model_dir, tmp_path, monkeypatch):
+    from tuneforge.train.runner import run_train
+
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    out = str(tmp_path / "out")
+    results = run_train([os.path.join("examples", name), f"model_name_or_path={tiny_model_dir}", f"output_dir={out}",
+                         "max_steps=2", "save_strategy=no", "eval_strategy=no", "val_size=0", "freeze_trainable_layers=1"])
+    assert results["train_loss"] == results["train_loss"]

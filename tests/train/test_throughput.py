@@ -1,0 +1,64 @@
+import json
+import os
+
+import pytest
+
+from tests.train.test_train_e2e import base_args, data_files, losses  # noqa: F401 (fixture)
+from tuneforge.train.sampler import TokenBudgetBatchSampler
+from tuneforge.train.throughput import attention_flops, dense_flops_per_token, mfu
+
+
+def test_mfu_on_a_hand_computed_case():
+    # 1M parameters, 10k of them LoRA: frozen weights cost 4 FLOPs per token each, trained ones 6.
+    per_token = dense_flops_per_token(1_000_000, 10_000, full=False)
+    assert per_token == 4 * 990_000 + 6 * 10_000 == 4_020_000
+    assert dense_flops_per_token(1_000_000, 1_000_000, full=True) == 6_000_000
+    # Two examples of 10 and 20 tokens, 2 layers, hidden 8: 6 * 2 * 8 * (100 + 400).
+    attn = attention_flops([10, 20], layers=2, hidden=8)
+    assert attn == 48_000
+    # 30 tokens in 0.5 s on a 1 GFLOP/s machine.
+    assert mfu(30 * per_token + attn, 0.5, 1e9) == pytest.approx((120_600_000 + 48_000) / 0.5 / 1e9)
+
+
+def test_token_budget_batches_respect_the_budget():
+    lengths = [10, 50, 30, 70, 20, 200, 40]
+    sampler = TokenBudgetBatchSampler(lengths, budget=100, seed=0)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:
+        assert sum(lengths[i] for i in b) <= 100 or len(b) == 1
+    sampler.set_epoch(1)
+    assert sorted(i for b in sampler for i in b) == list(range(7))
+
+
+def test_token_budget_training_runs_and_logs_throughput(tiny_model_dir, data_files, tmp_path, monkeypatch):
+    from tuneforge.train.runner import run_train
+
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
+    out = str(tmp_path / "budget")
+    results = run_train(base_args(tiny_model_dir, data_files["sft"], out, token_budget=64, max_steps=4))
+    records = [json.loads(line) for line in open(os.path.join(out, "trainer_log.jsonl"))]
+    assert len(losses(out)) == 4
+    assert all(r["tokens_per_s"] > 0 and r["supervised_tokens_per_s"] > 0 and 0 < r["mfu"] for r in records)
+    assert results["train_supervised_tokens"] < results["train_tokens"]
+    assert results["train_mfu"] > 0 and results["train_supervised_tokens_per_second"] > 0
+
+
+def test_gradient_checkpointing_only_when_memory_needs_it():
+    from types import SimpleNamespace
+
+    from tuneforge.train.runner import needs_gradient_checkpointing
+
+    smollm2 = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    assert not needs_gradient_checkpointing(smollm2, 4 * 512, 20 * 2**30)  # ~2.5 GB of 20 GB
+    assert needs_gradient_checkpointing(smollm2, 16 * 4096, 20 * 2**30)  # ~81 GB
+
+
+def test_gradient_checkpointing_trains_with_lora(tiny_model_dir, data_files, tmp_path, monkeypatch):
+    from tuneforge.train.runner import run_train
+
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
+    a, b = str(tmp_path / "gc"), str(tmp_path / "nogc")
+    run_train(base_args(tiny_model_dir, data_files["sft"], a, gradient_checkpointing=True, max_steps=3))
+    run_train(base_args(tiny_model_dir, data_files["sft"], b, gradient_checkpointing=False, max_steps=3))
+    assert losses(a) == pytest.approx(losses(b), abs=1e-5)
