@@ -45,3 +45,15 @@ def test_pretrain_blocks(chatml_tok):
     assert flat.count(chatml_tok.eos_token_id) == 2
     separate = pretrain_documents(chatml_tok, ["hello world " * 10, "the fox"], 16, concatenate=False)
     assert separate[-1][-1] == chatml_tok.eos_token_id
+
+
+def test_pairwise_drops_a_row_whose_answer_cannot_fit(chatml_tok):
+    from tuneforge.data.processors import pairwise_example
+
+    history = [Message("user", "hi"), Message("assistant", "hello"), Message("user", "pick one " * 20)]
+    conv = Conversation(messages=history, chosen=Message("assistant", "a"), rejected=Message("assistant", "b"))
+    row, _ = pairwise_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=20))
+    assert row == "answer does not fit cutoff_len"
+    row, _ = pairwise_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=4096))
+    assert chatml_tok.decode([t for t in row["chosen_labels"] if t != -100]) == "a<|im_end|>\n"
+    assert chatml_tok.decode([t for t in row["rejected_labels"] if t != -100]) == "b<|im_end|>\n"

@@ -1,9 +1,11 @@
 import random
 
+import pytest
 import torch
 
 from tests.tiny import tiny_llama
 from tuneforge.data.collator import PaddedCollator, PaddingFreeCollator
+from tuneforge.models.varlen_attention import restore_sdpa, use_varlen_attention
 from tuneforge.train.trainer import supervised_loss_sum
 
 
@@ -25,7 +27,8 @@ def _loss_and_grads(model, batch):
     return (loss / n).item(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-def test_padded_and_padding_free_give_same_loss_and_grads(chatml_tok):
+@pytest.mark.parametrize("varlen", [False, True])
+def test_padded_and_padding_free_give_same_loss_and_grads(chatml_tok, varlen):
     model = tiny_llama(chatml_tok)
     examples = _examples(len(chatml_tok))
     padded = PaddedCollator(chatml_tok.pad_token_id)(examples)
@@ -33,6 +36,8 @@ def test_padded_and_padding_free_give_same_loss_and_grads(chatml_tok):
     assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
     assert int((padded["shift_labels"] != -100).sum()) == int((free["shift_labels"] != -100).sum())
     loss_a, grads_a = _loss_and_grads(model, padded)
+    if varlen:
+        assert use_varlen_attention(model)
     loss_b, grads_b = _loss_and_grads(model, free)
     assert abs(loss_a - loss_b) < 1e-5
     for k in grads_a:
@@ -47,8 +52,11 @@ def test_pt_blocks_padded_vs_padding_free(chatml_tok):
     assert abs(a - b) < 1e-5
 
 
-def test_packed_attention_never_crosses_examples(chatml_tok):
+@pytest.mark.parametrize("varlen", [False, True])
+def test_packed_attention_never_crosses_examples(chatml_tok, varlen):
     model = tiny_llama(chatml_tok).eval()
+    if varlen:
+        assert use_varlen_attention(model)
     examples = _examples(len(chatml_tok), n=3, seed=1)
     perturbed = [dict(e) for e in examples]
     perturbed[1] = {"input_ids": [(t + 1) % 300 for t in examples[1]["input_ids"]], "labels": examples[1]["labels"]}
@@ -71,3 +79,15 @@ def test_shift_never_crosses_into_next_example():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     neat = PaddingFreeCollator()([{"input_ids": [1, 2, 3, 4, 5], "labels": [1, 2, 3, 4, 5], "segments": [3, 2]}])
     assert neat["shift_labels"].tolist() == batch["shift_labels"].tolist()
+
+
+def test_varlen_attention_falls_back_and_restores(chatml_tok):
+    model = tiny_llama(chatml_tok).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=False).logits
+        assert use_varlen_attention(model)
+        assert torch.allclose(model(input_ids=ids, use_cache=False).logits, ref, atol=1e-6)
+        assert model.generate(ids, max_new_tokens=2, do_sample=False).shape == (1, 6)
+    restore_sdpa(model)
+    assert model.config._attn_implementation == "sdpa"

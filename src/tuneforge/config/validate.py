@@ -63,6 +63,11 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
         raise ConfigError(f"val_size{at('val_size')}: with streaming, val_size must be a row count (>= 1)")
     if d.mix_strategy not in ("concat", "interleave_under", "interleave_over"):
         raise ConfigError(f"mix_strategy{at('mix_strategy')}: {d.mix_strategy!r} is not concat, interleave_under or interleave_over")
+    if d.neat_packing and d.padding_free is False:
+        raise ConfigError(
+            f"neat_packing{at('neat_packing')} and padding_free=false{at('padding_free')} clash: examples packed into "
+            "one row stay apart only through restarting position_ids; remove padding_free=false or use packing=true"
+        )
     if d.cutoff_len < 2:
         raise ConfigError(f"cutoff_len{at('cutoff_len')}: must be at least 2")
 

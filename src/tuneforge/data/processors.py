@@ -86,8 +86,8 @@ def pairwise_example(template, tokenizer, conv: Conversation, opts: ProcessorOpt
         turns, _ = encode_conversation(template, tokenizer, conv, conv.messages + [answer])
         kept, cut = fit_turns(turns, opts.cutoff_len)
         truncated |= cut
-        if len(kept) != len(turns) and not cut:
-            return "does not fit cutoff_len", truncated
+        if len(kept) < len(turns):  # the answer itself was dropped to fit the history
+            return "answer does not fit cutoff_len", truncated
         input_ids, labels = _assemble(kept, ProcessorOptions(opts.cutoff_len, opts.train_on_prompt, True))
         out[f"{key}_input_ids"], out[f"{key}_labels"] = input_ids, labels
     return out, truncated

@@ -31,11 +31,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         for a, b in _chunks(hidden.shape[0], chunk_size):
             h = hidden[a:b]
             logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, targets[a:b, None]).squeeze(1)
-            total += (lse - picked).sum()
+            # Softmax in place in the logits buffer: the chunk is read four times, never copied.
+            peak = logits.amax(dim=-1, keepdim=True)
+            norm = logits.sub_(peak).exp_().sum(dim=-1, keepdim=True)
+            total += (peak.squeeze(1) + norm.squeeze(1).log() - picked).sum()
             if need_h or need_w:
-                g = torch.softmax(logits, dim=-1)  # d(CE)/d(logits) = softmax - onehot
+                g = logits.div_(norm)  # d(CE)/d(logits) = softmax - onehot
                 g[torch.arange(b - a, device=g.device), targets[a:b]] -= 1
                 g = g.to(hidden.dtype)
                 if need_h:

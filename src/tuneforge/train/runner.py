@@ -77,6 +77,7 @@ def run_train(argv: list[str]) -> dict:
     from ..data.templates import get_template
     from ..models.adapters import count_parameters
     from ..models.loader import load_model, load_tokenizer
+    from ..models.varlen_attention import restore_sdpa, use_varlen_attention
     from .callbacks import ThroughputLogCallback
     from .outputs import finish_outputs, print_summary
     from .sampler import LengthGroupedSampler, TokenBudgetBatchSampler
@@ -109,6 +110,8 @@ def run_train(argv: list[str]) -> dict:
         model.config.use_cache = False
     padding_free = use_padding_free(args, model)
     collator = PaddingFreeCollator() if padding_free else PaddedCollator(tokenizer.pad_token_id)
+    if padding_free:
+        use_varlen_attention(model)  # per-example attention instead of a masked whole-row product
     sampler, batch_sampler = None, None
     sized = data.train is not None and hasattr(data.train, "__len__")
     if sized and (args.extra.get("group_by_length") or args.finetune.token_budget):
@@ -162,6 +165,7 @@ def run_train(argv: list[str]) -> dict:
             metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
+    restore_sdpa(model)
     if training.process_index == 0:
         finish_outputs(args, trainer, tokenizer, template, stop_token_ids(tokenizer, template))
         print_summary(args, results)
