@@ -5,7 +5,9 @@ import pytest
 
 from tests.train.test_train_e2e import base_args, data_files, losses  # noqa: F401 (fixture)
 from tuneforge.train.sampler import TokenBudgetBatchSampler
-from tuneforge.train.throughput import attention_flops, dense_flops_per_token, mfu
+from tuneforge.train.throughput import (
+    attention_flops, body_parameters, dense_flops_per_token, head_flops_per_supervised_token, mfu,
+)
 
 
 def test_mfu_on_a_hand_computed_case():
@@ -16,6 +18,9 @@ def test_mfu_on_a_hand_computed_case():
     # Two examples of 10 and 20 tokens, 2 layers, hidden 8: 6 * 2 * 8 * (100 + 400).
     attn = attention_flops([10, 20], layers=2, hidden=8)
     assert attn == 48_000
+    # The LM head (vocab 100, hidden 8) counts only at supervised positions: 4 x 100 x 8 when frozen.
+    assert head_flops_per_supervised_token(100, 8, head_trained=False) == 3_200
+    assert head_flops_per_supervised_token(100, 8, head_trained=True) == 4_800
     # 30 tokens in 0.5 s on a 1 GFLOP/s machine.
     assert mfu(30 * per_token + attn, 0.5, 1e9) == pytest.approx((120_600_000 + 48_000) / 0.5 / 1e9)
 
@@ -62,3 +67,12 @@ def test_gradient_checkpointing_trains_with_lora(tiny_model_dir, data_files, tmp
     run_train(base_args(tiny_model_dir, data_files["sft"], a, gradient_checkpointing=True, max_steps=3))
     run_train(base_args(tiny_model_dir, data_files["sft"], b, gradient_checkpointing=False, max_steps=3))
     assert losses(a) == pytest.approx(losses(b), abs=1e-5)
+
+
+def test_body_parameters_leave_out_embeddings_and_head(chatml_tok):
+    from tests.tiny import tiny_llama
+
+    model = tiny_llama(chatml_tok)
+    total, trainable = body_parameters(model)
+    embed = model.get_input_embeddings().weight.numel() + model.lm_head.weight.numel()
+    assert total == sum(p.numel() for p in model.parameters()) - embed == trainable

@@ -15,9 +15,11 @@ from .throughput import attention_flops, mfu
 class ThroughputLogCallback(TrainerCallback):
     """Adds tokens/s, supervised tokens/s and MFU to every log and appends each log to trainer_log.jsonl."""
 
-    def __init__(self, trainer, flops_per_token: float, peak_flops: float, layers: int, hidden: int):
+    def __init__(self, trainer, flops_per_token: float, peak_flops: float, layers: int, hidden: int,
+                 head_flops_per_supervised: float = 0.0):
         self.trainer = trainer
         self.flops_per_token = flops_per_token
+        self.head_flops = head_flops_per_supervised
         self.peak_flops = peak_flops
         self.layers, self.hidden = layers, hidden
         self.start = self.last_time = None
@@ -43,7 +45,8 @@ class ThroughputLogCallback(TrainerCallback):
             dt = max(now - self.last_time, 1e-9)
             total, total_sup = self.trainer.global_counts()
             tokens, sup = total - self.last_tokens, total_sup - self.last_sup
-            flops = tokens * self.flops_per_token + attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
+            attention = attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
+            flops = tokens * self.flops_per_token + sup * self.head_flops + attention
             logs["tokens_per_s"] = round(tokens / dt, 1)
             logs["supervised_tokens_per_s"] = round(sup / dt, 1)
             logs["mfu"] = round(mfu(flops, dt, self.peak_flops * world), 4)

@@ -81,7 +81,9 @@ def run_train(argv: list[str]) -> dict:
     from .callbacks import ThroughputLogCallback
     from .outputs import finish_outputs, print_summary
     from .sampler import LengthGroupedSampler, TokenBudgetBatchSampler
-    from .throughput import dense_flops_per_token, machine_peak_flops
+    from .throughput import (
+        body_parameters, dense_flops_per_token, head_flops_per_supervised_token, machine_peak_flops,
+    )
     from .trainer import TuneforgeTrainer
 
     args = parse_train_args(argv)
@@ -130,9 +132,14 @@ def run_train(argv: list[str]) -> dict:
     trainable, total = count_parameters(model)
     peak = (args.finetune.peak_tflops * 1e12) if args.finetune.peak_tflops else machine_peak_flops()
     cfg = model.config
+    body_total, body_trainable = body_parameters(model)
+    head = model.get_output_embeddings()
+    head_trained = head is not None and any(p.requires_grad for p in head.parameters())
     meter = ThroughputLogCallback(
-        trainer, dense_flops_per_token(total, trainable, args.finetune.finetuning_type == "full"), peak,
+        trainer, dense_flops_per_token(body_total, body_trainable, args.finetune.finetuning_type == "full"), peak,
         getattr(cfg, "num_hidden_layers", 0) or 0, getattr(cfg, "hidden_size", 0) or 0,
+        head_flops_per_supervised_token(getattr(cfg, "vocab_size", 0) or 0, getattr(cfg, "hidden_size", 0) or 0,
+                                        head_trained),
     )
     trainer.add_callback(meter)
     if training.process_index == 0:

@@ -2,7 +2,8 @@
 
 Dense FLOPs per trained token: 6N when every weight is trained (2N forward, 2N for activation gradients,
 2N for weight gradients) and 4N when the base weights are frozen (adapters add their own 6 x their
-parameters). Attention adds, per example of length s, 6 * layers * hidden * s^2 (forward QK^T and AV with a
+parameters), N counting the decoder's matrices only: the input embedding is a lookup, and the LM head runs
+only at supervised positions, so it is counted per supervised token (4 or 6 x vocab x hidden). Attention adds, per example of length s, 6 * layers * hidden * s^2 (forward QK^T and AV with a
 causal mask is 2 * layers * hidden * s^2, tripled for the backward pass).
 """
 
@@ -19,6 +20,19 @@ def dense_flops_per_token(total_params: int, trainable_params: int, full: bool) 
     if full:
         return 6.0 * total_params
     return 4.0 * (total_params - trainable_params) + 6.0 * trainable_params
+
+
+def head_flops_per_supervised_token(vocab: int, hidden: int, head_trained: bool) -> float:
+    return (6.0 if head_trained else 4.0) * vocab * hidden
+
+
+def body_parameters(model) -> tuple[int, int]:
+    """(total, trainable) parameters without the input embedding and the LM head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    skip = {id(p) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None
+            for p in m.parameters()}
+    params = [p for p in model.parameters() if id(p) not in skip]
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def attention_flops(example_lengths: list[int], layers: int, hidden: int) -> float:
