@@ -6,7 +6,7 @@ import torch
 from tests.tiny import tiny_llama
 from tuneforge.data.collator import PaddedCollator, PaddingFreeCollator
 from tuneforge.models.varlen_attention import restore_sdpa, use_varlen_attention
-from tuneforge.train.trainer import supervised_loss_sum
+from tuneforge.train.trainer import supervised_loss_sum, supervised_loss_sum_sharded
 
 
 def _examples(vocab: int, n=5, seed=0):
@@ -91,3 +91,14 @@ def test_varlen_attention_falls_back_and_restores(chatml_tok):
         assert model.generate(ids, max_new_tokens=2, do_sample=False).shape == (1, 6)
     restore_sdpa(model)
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_sharded_path_equals_chunked_path(chatml_tok, padding_free):
+    """The path used under DeepSpeed ZeRO-3 / FSDP (logits inside the model's forward) gives the same loss."""
+    model = tiny_llama(chatml_tok)
+    examples = _examples(len(chatml_tok), seed=5)
+    batch = PaddingFreeCollator()(examples) if padding_free else PaddedCollator(chatml_tok.pad_token_id)(examples)
+    a, n_a = supervised_loss_sum(model, batch, chunk_size=7)
+    b, n_b = supervised_loss_sum_sharded(model, batch)
+    assert n_a == n_b and abs(a.item() - b.item()) < 1e-3

@@ -45,6 +45,19 @@ def supervised_loss_sum(model, inputs: dict, chunk_size: int) -> tuple[torch.Ten
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), targets.numel()
 
 
+def supervised_loss_sum_sharded(model, inputs: dict) -> tuple[torch.Tensor, int]:
+    """For DeepSpeed ZeRO-3 and FSDP, where the LM head's weight is only whole inside the model's own
+    forward: the model computes logits itself, at the supervised positions only (`logits_to_keep` as a
+    tensor of positions; for a padded batch, the union of its rows' positions)."""
+    inputs = dict(inputs)
+    targets = inputs.pop("shift_labels")
+    positions = (targets != -100).any(dim=0).nonzero().flatten()
+    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits.float()
+    picked = targets[:, positions]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), picked.flatten(), ignore_index=-100, reduction="sum")
+    return loss, int((picked != -100).sum())
+
+
 class TuneforgeTrainer(Trainer):
     def __init__(self, *args, loss_chunk_size: int = 1024, length_sampler=None, batch_sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,7 +70,10 @@ class TuneforgeTrainer(Trainer):
         self.example_lengths: list[int] = []  # since the last log, for attention FLOPs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss_sum, n_sup = supervised_loss_sum(model, inputs, self.loss_chunk_size)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            loss_sum, n_sup = supervised_loss_sum_sharded(model, inputs)
+        else:
+            loss_sum, n_sup = supervised_loss_sum(model, inputs, self.loss_chunk_size)
         if model.training:
             self._count(inputs, n_sup)
         denom = num_items_in_batch if num_items_in_batch is not None else max(n_sup, 1)
