@@ -58,6 +58,23 @@ def needs_gradient_checkpointing(config, tokens_per_batch: int, available_bytes:
     return estimate > 0.4 * available_bytes
 
 
+def throughput_meter(trainer, model, args):
+    """The callback that turns counted tokens into tokens/s and MFU (FLOP counts in throughput.py)."""
+    from .callbacks import ThroughputLogCallback
+    from .throughput import body_parameters, dense_flops_per_token, head_flops_per_supervised_token, machine_peak_flops
+
+    cfg = model.config
+    hidden, layers = getattr(cfg, "hidden_size", 0) or 0, getattr(cfg, "num_hidden_layers", 0) or 0
+    body_total, body_trainable = body_parameters(model)
+    head = model.get_output_embeddings()
+    head_trained = head is not None and any(p.requires_grad for p in head.parameters())
+    peak = args.finetune.peak_tflops * 1e12 if args.finetune.peak_tflops else machine_peak_flops()
+    return ThroughputLogCallback(
+        trainer, dense_flops_per_token(body_total, body_trainable, args.finetune.finetuning_type == "full"), peak,
+        layers, hidden, head_flops_per_supervised_token(getattr(cfg, "vocab_size", 0) or 0, hidden, head_trained),
+    )
+
+
 def stop_token_ids(tokenizer, template) -> list[int]:
     ids = []
     for word in template.stop_words(tokenizer):
@@ -78,12 +95,8 @@ def run_train(argv: list[str]) -> dict:
     from ..models.adapters import count_parameters
     from ..models.loader import load_model, load_tokenizer
     from ..models.varlen_attention import restore_sdpa, use_varlen_attention
-    from .callbacks import ThroughputLogCallback
     from .outputs import finish_outputs, print_summary
     from .sampler import LengthGroupedSampler, TokenBudgetBatchSampler
-    from .throughput import (
-        body_parameters, dense_flops_per_token, head_flops_per_supervised_token, machine_peak_flops,
-    )
     from .trainer import TuneforgeTrainer
 
     args = parse_train_args(argv)
@@ -130,17 +143,7 @@ def run_train(argv: list[str]) -> dict:
         batch_sampler=batch_sampler,
     )
     trainable, total = count_parameters(model)
-    peak = (args.finetune.peak_tflops * 1e12) if args.finetune.peak_tflops else machine_peak_flops()
-    cfg = model.config
-    body_total, body_trainable = body_parameters(model)
-    head = model.get_output_embeddings()
-    head_trained = head is not None and any(p.requires_grad for p in head.parameters())
-    meter = ThroughputLogCallback(
-        trainer, dense_flops_per_token(body_total, body_trainable, args.finetune.finetuning_type == "full"), peak,
-        getattr(cfg, "num_hidden_layers", 0) or 0, getattr(cfg, "hidden_size", 0) or 0,
-        head_flops_per_supervised_token(getattr(cfg, "vocab_size", 0) or 0, getattr(cfg, "hidden_size", 0) or 0,
-                                        head_trained),
-    )
+    meter = throughput_meter(trainer, model, args)
     trainer.add_callback(meter)
     if training.process_index == 0:
         print(f"[model] trainable parameters {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%), "
@@ -158,7 +161,7 @@ def run_train(argv: list[str]) -> dict:
             runtime = metrics["train_runtime"]
             metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / runtime, 2)
             metrics["train_supervised_tokens_per_second"] = round(metrics["train_supervised_tokens"] / runtime, 2)
-            metrics["train_mfu"] = round(meter.total_flops / runtime / (peak * max(training.world_size, 1)), 4)
+            metrics["train_mfu"] = round(meter.total_flops / runtime / (meter.peak_flops * max(training.world_size, 1)), 4)
         trainer.save_model()
         trainer.save_state()
         trainer.save_metrics("train", metrics)
