@@ -1,0 +1,48 @@
+import logging
+
+import pytest
+
+from tuneforge.config import validate as validate_module
+from tuneforge.config.parser import build_args, read_sources
+from tuneforge.errors import ConfigError
+
+BASE = ["model_name_or_path=m", "dataset=d"]
+
+
+def _validate(*items):
+    args, train_kwargs = build_args(read_sources([*BASE, *items]), with_training=True)
+    validate_module.validate(args, train_kwargs, args.sources)
+    return args, train_kwargs
+
+
+def test_bf16_on_a_cpu_without_bf16_is_a_warning_not_an_error(monkeypatch, caplog):
+    monkeypatch.setattr(validate_module, "_cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        _validate("bf16=true")
+    assert "bf16=false is faster here" in caplog.text
+
+
+def test_null_unsets_a_key_and_warmup_ratio_becomes_fractional_steps():
+    args, train_kwargs = _validate("template=null", "warmup_ratio=0.1")
+    assert args.data.template == "auto"
+    training = validate_module.training_arguments(args, train_kwargs)
+    assert training.warmup_steps == pytest.approx(0.1)
+
+
+def test_save_strategy_no_survives_yaml_booleans(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: m\ndataset: d\nsave_strategy: no\n")
+    args, train_kwargs = build_args(read_sources([str(cfg)]), with_training=True)
+    assert validate_module.training_arguments(args, train_kwargs).save_strategy == "no"
+
+
+def test_unknown_key_names_the_file_and_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: m\n\nlearnig_rate: 1e-4\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:3: unknown key 'learnig_rate'; did you mean 'learning_rate'"):
+        build_args(read_sources([str(cfg)]), with_training=True)
+
+
+def test_streaming_needs_max_steps():
+    with pytest.raises(ConfigError, match="max_steps"):
+        _validate("streaming=true")
