@@ -7,6 +7,8 @@ deliberately differs. `default`, `alpaca` and `empty` are plain formats for base
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .named import TemplateSpec
 from .named_tools import Glm4Tools, HermesTools, Llama3Tools
 
@@ -18,6 +20,17 @@ CHATML_ASSISTANT = "{content}<|im_end|>\n"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 ALPACA_SYSTEM = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+CHATML = TemplateSpec(
+    name="chatml",
+    doc="ChatML (<|im_start|>role ... <|im_end|>); tools in the Hermes/Qwen format.",
+    system=CHATML_SYSTEM,
+    user=CHATML_USER,
+    header=CHATML_HEADER,
+    assistant=CHATML_ASSISTANT,
+    stop_words=("<|im_end|>",),
+    tools=HermesTools(),
 )
 
 _SPECS = [
@@ -48,48 +61,14 @@ _SPECS = [
         user="{content}",
         header="",
     ),
-    TemplateSpec(
-        name="chatml",
-        doc="ChatML (<|im_start|>role ... <|im_end|>); tools in the Hermes/Qwen format.",
-        system=CHATML_SYSTEM,
-        user=CHATML_USER,
-        header=CHATML_HEADER,
-        assistant=CHATML_ASSISTANT,
-        stop_words=("<|im_end|>",),
-        tools=HermesTools(),
-    ),
-    TemplateSpec(
-        name="qwen",
-        doc="Qwen2 / Qwen2.5 Instruct: ChatML with Qwen's default system prompt and <tool_call> tools.",
-        system=CHATML_SYSTEM,
-        default_system=QWEN_SYSTEM,
-        user=CHATML_USER,
-        header=CHATML_HEADER,
-        assistant=CHATML_ASSISTANT,
-        stop_words=("<|im_end|>",),
-        tools=HermesTools(),
-    ),
-    TemplateSpec(
-        name="qwen3",
-        doc="Qwen3 hybrid-thinking models: ChatML with <think> reasoning blocks (enable_thinking switches).",
-        system=CHATML_SYSTEM,
-        user=CHATML_USER,
-        header=CHATML_HEADER,
-        assistant=CHATML_ASSISTANT,
-        stop_words=("<|im_end|>",),
-        tools=HermesTools(),
-        thinking=True,
-    ),
-    TemplateSpec(
-        name="qwen3_nothink",
-        doc="Qwen3 Instruct-2507 (non-thinking only): ChatML, no <think> blocks at all, Qwen3 tool format.",
-        system=CHATML_SYSTEM,
-        user=CHATML_USER,
-        header=CHATML_HEADER,
-        assistant=CHATML_ASSISTANT,
-        stop_words=("<|im_end|>",),
-        tools=HermesTools(),
-    ),
+    CHATML,
+    # The Qwen family is ChatML with Qwen's defaults; only what differs is spelled out.
+    replace(CHATML, name="qwen", default_system=QWEN_SYSTEM,
+            doc="Qwen2 / Qwen2.5 Instruct: ChatML with Qwen's default system prompt and <tool_call> tools."),
+    replace(CHATML, name="qwen3", thinking=True,
+            doc="Qwen3 hybrid-thinking models: ChatML with <think> reasoning blocks (enable_thinking switches)."),
+    replace(CHATML, name="qwen3_nothink",
+            doc="Qwen3 Instruct-2507 (non-thinking only): ChatML, no <think> blocks at all, Qwen3 tool format."),
     TemplateSpec(
         name="llama2",
         doc="Llama-2-chat: <s>[INST] <<SYS>>...<</SYS>> user [/INST] answer </s>, BOS before every turn.",
