@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 
@@ -181,7 +180,3 @@ def run_train(argv: list[str]) -> dict:
         print_summary(args, results)
     return results
 
-
-def write_json(path: str, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
