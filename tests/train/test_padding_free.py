@@ -52,11 +52,14 @@ def test_pt_blocks_padded_vs_padding_free(chatml_tok):
     assert abs(a - b) < 1e-5
 
 
-@pytest.mark.parametrize("varlen", [False, True])
-def test_packed_attention_never_crosses_examples(chatml_tok, varlen):
+@pytest.mark.parametrize("attention", ["sdpa", "varlen", "eager"])
+def test_packed_attention_never_crosses_examples(chatml_tok, attention):
+    """Every attention the runner treats as padding-free-capable keeps packed examples apart."""
     model = tiny_llama(chatml_tok).eval()
-    if varlen:
+    if attention == "varlen":
         assert use_varlen_attention(model)
+    elif attention == "eager":
+        model.set_attn_implementation("eager")
     examples = _examples(len(chatml_tok), n=3, seed=1)
     perturbed = [dict(e) for e in examples]
     perturbed[1] = {"input_ids": [(t + 1) % 300 for t in examples[1]["input_ids"]], "labels": examples[1]["labels"]}

@@ -112,7 +112,8 @@ def test_padding_free_equals_padded_per_step(tiny_model_dir, data_files, tmp_pat
     assert losses(a) == pytest.approx(losses(b), abs=1e-5)
 
 
-def test_resume_continues_with_same_losses(tiny_model_dir, data_files, tmp_path):
+@pytest.mark.parametrize("resume", ["path", "true"])
+def test_resume_continues_with_same_losses(tiny_model_dir, data_files, tmp_path, resume):
     full = str(tmp_path / "full")
     run_train(base_args(tiny_model_dir, data_files["sft"], full, per_device_train_batch_size=2, save_strategy="steps",
                         save_steps=3))
@@ -122,7 +123,7 @@ def test_resume_continues_with_same_losses(tiny_model_dir, data_files, tmp_path)
     os.remove(os.path.join(resumed, "trainer_log.jsonl"))
     run_train(base_args(tiny_model_dir, data_files["sft"], resumed, per_device_train_batch_size=2,
                         save_strategy="steps", save_steps=3, overwrite_output_dir=False,
-                        resume_from_checkpoint=os.path.join(resumed, "checkpoint-3")))
+                        resume_from_checkpoint=os.path.join(resumed, "checkpoint-3") if resume == "path" else "true"))
     assert losses(resumed) == pytest.approx(losses(full)[3:], abs=1e-5)
 
 
