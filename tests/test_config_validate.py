@@ -46,3 +46,23 @@ def test_unknown_key_names_the_file_and_line(tmp_path):
 def test_streaming_needs_max_steps():
     with pytest.raises(ConfigError, match="max_steps"):
         _validate("streaming=true")
+
+
+@pytest.mark.parametrize("value", ["true", "full_shard auto_wrap"])
+def test_fsdp_without_a_gpu_is_an_error_not_silent_ddp(value, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"fsdp \(command line\): FSDP needs GPUs.*set fsdp=null"):
+        _validate(f"fsdp={value}")
+    _validate("fsdp=false")  # off spelled out is fine
+
+
+@pytest.mark.parametrize("value,reshard", [("true", True), ("full_shard auto_wrap", True), ("shard_grad_op", False)])
+def test_fsdp_true_and_the_legacy_strings_both_reach_the_fsdp2_plugin(value, reshard):
+    args, train_kwargs = build_args(read_sources([*BASE, f"fsdp={value}", 'fsdp_config={"version": 2}']),
+                                    with_training=True)
+    training = validate_module.training_arguments(args, train_kwargs)
+    assert training.fsdp is True
+    assert training.fsdp_plugin_args["fsdp_version"] == 2
+    assert training.fsdp_plugin_args["reshard_after_forward"] is reshard

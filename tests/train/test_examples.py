@@ -11,7 +11,7 @@ from tuneforge.errors import ConfigError
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
-GPU_ONLY = {"sft_full_ds3.yaml"}
+GPU_ONLY = {"sft_full_ds3.yaml": "deepspeed=null", "sft_full_fsdp.yaml": "fsdp=null"}
 
 
 def test_there_are_examples():
@@ -25,7 +25,7 @@ def test_example_parses_and_validates(path):
         import torch
 
         if not torch.cuda.is_available():
-            with pytest.raises(ConfigError, match="deepspeed=null"):
+            with pytest.raises(ConfigError, match=GPU_ONLY[os.path.basename(path)]):
                 validate(args, train_kwargs, args.sources)
             return
     validate(args, train_kwargs, args.sources)

@@ -61,11 +61,17 @@ def apply_finetuning(model, model_args, finetune_args, is_trainable: bool):
     return model
 
 
+def param_numel(param) -> int:
+    """Elements of a parameter, also under DeepSpeed ZeRO-3, whose partitioned tensors are empty outside
+    the forward and keep the true count in `ds_numel`."""
+    return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit bitsandbytes weights are packed, so they count double."""
     trainable = total = 0
     for param in model.parameters():
-        count = param.numel()
+        count = param_numel(param)
         if param.__class__.__name__ == "Params4bit":
             storage = getattr(param, "quant_storage", None)
             count *= 2 * (storage.itemsize if storage is not None else 1)

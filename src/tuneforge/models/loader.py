@@ -196,7 +196,7 @@ def _match_vocab(model, tokenizer, model_args) -> None:
     """Grows the embeddings to the tokenizer when asked (resize_vocab or new_special_tokens)."""
     if tokenizer is None:
         return
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 partitions the weight
     wanted = len(tokenizer)
     if wanted <= rows:
         return  # many checkpoints pad their embedding matrix beyond the tokenizer; that is fine
@@ -207,7 +207,7 @@ def _match_vocab(model, tokenizer, model_args) -> None:
         )
     # A multiple of 64 keeps the matmul shapes friendly to tensor cores.
     model.resize_token_embeddings(wanted, pad_to_multiple_of=64)
-    logger.info("resized embeddings from %d to %d rows", rows, model.get_input_embeddings().weight.shape[0])
+    logger.info("resized embeddings from %d to %d rows", rows, model.get_input_embeddings().num_embeddings)
 
 
 def parse_names(text) -> list[str]:

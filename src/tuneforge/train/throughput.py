@@ -28,11 +28,13 @@ def head_flops_per_supervised_token(vocab: int, hidden: int, head_trained: bool)
 
 def body_parameters(model) -> tuple[int, int]:
     """(total, trainable) parameters without the input embedding and the LM head."""
+    from ..models.adapters import param_numel
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     skip = {id(p) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None
             for p in m.parameters()}
     params = [p for p in model.parameters() if id(p) not in skip]
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    return sum(map(param_numel, params)), sum(param_numel(p) for p in params if p.requires_grad)
 
 
 def attention_flops(example_lengths: list[int], layers: int, hidden: int) -> float:
