@@ -66,3 +66,30 @@ def test_fsdp_true_and_the_legacy_strings_both_reach_the_fsdp2_plugin(value, res
     assert training.fsdp is True
     assert training.fsdp_plugin_args["fsdp_version"] == 2
     assert training.fsdp_plugin_args["reshard_after_forward"] is reshard
+
+
+def test_accelerate_launch_with_fsdp_on_a_cpu_is_an_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="ACCELERATE_USE_FSDP=true"):
+        _validate()
+
+
+@pytest.mark.parametrize("keys,cuda,launched", [
+    (["deepspeed=ds.json"], True, True), (["fsdp=true"], True, True), (["fsdp=false"], True, False),
+    (["deepspeed=ds.json"], False, False), ([], True, False), (["nproc_per_node=2"], False, True),
+])
+def test_deepspeed_and_fsdp_run_under_torchrun_even_for_one_gpu(monkeypatch, keys, cuda, launched):
+    import torch
+
+    from tuneforge.train.launch import launch_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for name in ("LOCAL_RANK", "TUNEFORGE_LAUNCHED", "NPROC_PER_NODE", "NNODES"):
+        monkeypatch.delenv(name, raising=False)
+    settings = launch_settings([*BASE, *keys])
+    assert (settings is not None) is launched
+    if launched:
+        assert settings["nproc_per_node"] == (2 if "nproc_per_node=2" in keys else 1)

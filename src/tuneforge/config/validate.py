@@ -21,7 +21,7 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _fsdp_on(value) -> bool:
+def fsdp_on(value) -> bool:
     return bool(value) and str(value).strip().lower() not in ("false", "no", "none", "null", "0", "")
 
 
@@ -59,10 +59,15 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
         logger.warning("bf16=true on a CPU without bf16 instructions: training will be slow; bf16=false is faster here")
     if train_kwargs.get("deepspeed") and not cuda:
         raise ConfigError(f"deepspeed{at('deepspeed')}: DeepSpeed needs a GPU and none is available; set deepspeed=null")
-    if _fsdp_on(train_kwargs.get("fsdp")) and not cuda:
+    if fsdp_on(train_kwargs.get("fsdp")) and not cuda:
         raise ConfigError(
             f"fsdp{at('fsdp')}: FSDP needs GPUs and none is available (on the CPU accelerate would silently train "
             "unsharded DDP instead); set fsdp=null"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cuda:
+        raise ConfigError(
+            "ACCELERATE_USE_FSDP=true (accelerate launch with an FSDP config): FSDP needs GPUs and none is available; "
+            "run tuneforge train without accelerate launch, or with nproc_per_node for DDP on the CPU"
         )
     if train_kwargs.get("do_train", True) and not d.dataset:
         raise ConfigError("dataset is not set: name datasets from dataset_info.json or give a file path")
@@ -96,7 +101,7 @@ def training_arguments(args, train_kwargs: dict):
     if args.finetune.disable_gradient_checkpointing:
         kw["gradient_checkpointing"] = False
     if "fsdp" in kw:  # `fsdp: true` is transformers 5's form; the strings ("full_shard auto_wrap") still work
-        kw["fsdp"] = True if str(kw["fsdp"]).lower() == "true" else (kw["fsdp"] if _fsdp_on(kw["fsdp"]) else None)
+        kw["fsdp"] = True if str(kw["fsdp"]).lower() == "true" else (kw["fsdp"] if fsdp_on(kw["fsdp"]) else None)
     if not torch.cuda.is_available():
         kw["use_cpu"] = True
     kw["remove_unused_columns"] = False  # our collators need every column (segments, lengths)

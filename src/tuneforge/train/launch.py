@@ -1,6 +1,6 @@
 """Multi-process training: `tuneforge train` re-runs itself under torchrun when asked for more than one
 process (nproc_per_node / nnodes keys, or NPROC_PER_NODE / NNODES environment variables as in
-LLaMA-Factory)."""
+LLaMA-Factory), and for DeepSpeed or FSDP on a GPU even with one process."""
 
 from __future__ import annotations
 
@@ -17,10 +17,8 @@ def launch_settings(argv: list[str]) -> dict | None:
     raw = {k: v.value for k, v in read_sources(argv).items()}
     nproc = raw.get("nproc_per_node") or os.environ.get("NPROC_PER_NODE")
     nnodes = raw.get("nnodes") or os.environ.get("NNODES") or 1
-    if not nproc and int(nnodes) <= 1:
-        return None
     nproc = int(nproc or 1)
-    if nproc <= 1 and int(nnodes) <= 1:
+    if nproc <= 1 and int(nnodes) <= 1 and not _sharded_on_gpu(raw):
         return None
     return {
         "nproc_per_node": nproc,
@@ -31,11 +29,28 @@ def launch_settings(argv: list[str]) -> dict | None:
     }
 
 
+def _sharded_on_gpu(raw: dict) -> bool:
+    """DeepSpeed and FSDP need a process group even for one GPU, which accelerate sets up only under a
+    launcher. Without a GPU they are a config error, reported by this process rather than by torchrun."""
+    from ..config.validate import fsdp_on
+
+    if not (raw.get("deepspeed") or fsdp_on(raw.get("fsdp"))):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def maybe_relaunch(argv: list[str]) -> int | None:
     """Runs torchrun over this command and returns its exit code, or None to train in this process."""
     s = launch_settings(argv)
     if s is None:
         return None
+    from .runner import check_output_dir, parse_train_args
+
+    # Config mistakes are reported here, once and in one line, rather than by every worker under torchrun.
+    args = parse_train_args(argv)
+    check_output_dir(args.training, args.extra.get("overwrite_output_dir", False))
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={s['nproc_per_node']}", f"--nnodes={s['nnodes']}", f"--node_rank={s['node_rank']}",
