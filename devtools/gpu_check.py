@@ -62,6 +62,8 @@ def _train(name: str, extra: list, model: str, data: str, work: str, port: int) 
         return result
     with open(os.path.join(out, "trainer_log.jsonl")) as f:
         result["losses"] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    with open(os.path.join(out, "all_results.json")) as f:
+        result["mfu"] = json.load(f).get("train_mfu")  # against the GPU's own measured peak: at most 1
     result["out"] = out
     return result
 
@@ -102,11 +104,18 @@ def main(out_dir: str) -> int:
             r["ok"] = len(r["losses"]) == len(want) and r["max_loss_diff"] < 1e-3 and r["max_logit_diff"] < 1e-2
         else:
             r["ok"] = r["rc"] == 0 and len(r["losses"]) == 6
+        r["ok"] = r["ok"] and (r.get("mfu") or 0) <= 1
         failed |= not r["ok"]
         results[name] = r
         print(json.dumps({k: v for k, v in r.items() if k not in ("out",)}), flush=True)
+    from tuneforge.train.throughput import machine_peak_flops
+
+    peaks = {dtype: machine_peak_flops(dtype) for dtype in ("float32", "bfloat16")}
+    print(json.dumps({"peak_flops": peaks}), flush=True)
+    if torch.cuda.is_available() and peaks["bfloat16"] < 1e14:  # an H200 does ~8e14; a CPU's peak is ~1e11
+        failed = True
     summary = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "torch": torch.__version__, "runs": results}
+               "torch": torch.__version__, "peak_flops": peaks, "runs": results}
     with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print("ALL OK" if not failed else "SOME RUNS FAILED", flush=True)

@@ -76,3 +76,50 @@ def test_body_parameters_leave_out_embeddings_and_head(chatml_tok):
     total, trainable = body_parameters(model)
     embed = model.get_input_embeddings().weight.numel() + model.lm_head.weight.numel()
     assert total == sum(p.numel() for p in model.parameters()) - embed == trainable
+
+
+def test_peak_is_measured_once_per_machine_and_dtype(tmp_path, monkeypatch):
+    import torch
+
+    from tuneforge.train import throughput
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls = []
+    monkeypatch.setattr(throughput, "measure_peak_flops", lambda **kw: calls.append(kw) or 1e9 * (len(calls)))
+    assert throughput.machine_peak_flops() == 1e9
+    assert throughput.machine_peak_flops("bfloat16") == 2e9  # its own entry: bf16 has its own peak
+    assert throughput.machine_peak_flops() == 1e9 and throughput.machine_peak_flops("bfloat16") == 2e9
+    assert [c["dtype"] for c in calls] == [torch.float32, torch.bfloat16]
+
+
+def test_measured_peak_is_positive_in_each_dtype():
+    import torch
+
+    from tuneforge.train.throughput import measure_peak_flops
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert measure_peak_flops(size=64, repeats=1, dtype=dtype) > 0
+
+
+def test_checkpointing_policy_keeps_the_last_layer_and_gradients_unchanged(chatml_tok):
+    import copy
+
+    import torch
+    from transformers import TrainingArguments
+
+    from tests.tiny import tiny_llama
+    from tuneforge.train.callbacks import CheckpointingPolicy
+
+    plain = tiny_llama(chatml_tok, layers=3)
+    model = copy.deepcopy(plain)
+    model.gradient_checkpointing_enable()
+    args = TrainingArguments(output_dir="unused", gradient_checkpointing=True, use_cpu=True, report_to="none")
+    CheckpointingPolicy().on_train_begin(args, None, None, model=model)
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, True, False]
+    ids = torch.arange(5, 45).unsqueeze(0)
+    for m in (plain, model):
+        m.train()
+        m(input_ids=ids, labels=ids).loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name

@@ -67,11 +67,20 @@ def throughput_meter(trainer, model, args):
     body_total, body_trainable = body_parameters(model)
     head = model.get_output_embeddings()
     head_trained = head is not None and any(p.requires_grad for p in head.parameters())
-    peak = args.finetune.peak_tflops * 1e12 if args.finetune.peak_tflops else machine_peak_flops()
+    peak = args.finetune.peak_tflops * 1e12 if args.finetune.peak_tflops else machine_peak_flops(compute_dtype(args, model))
     return ThroughputLogCallback(
         trainer, dense_flops_per_token(body_total, body_trainable, args.finetune.finetuning_type == "full"), peak,
         layers, hidden, head_flops_per_supervised_token(getattr(cfg, "vocab_size", 0) or 0, hidden, head_trained),
     )
+
+
+def compute_dtype(args, model) -> str:
+    """The dtype the matrix products run in: the mixed-precision flag's, else the weights'."""
+    if args.training.bf16:
+        return "bfloat16"
+    if args.training.fp16:
+        return "float16"
+    return str(getattr(model, "dtype", "torch.float32")).removeprefix("torch.")
 
 
 def stop_token_ids(tokenizer, template) -> list[int]:
@@ -96,6 +105,7 @@ def run_train(argv: list[str]) -> dict:
     from ..models.varlen_attention import restore_sdpa, use_varlen_attention
     from .outputs import finish_outputs, print_summary
     from .sampler import LengthGroupedSampler, TokenBudgetBatchSampler
+    from .callbacks import CheckpointingPolicy
     from .trainer import TuneforgeTrainer
 
     args = parse_train_args(argv)
@@ -144,6 +154,7 @@ def run_train(argv: list[str]) -> dict:
     trainable, total = count_parameters(model)
     meter = throughput_meter(trainer, model, args)
     trainer.add_callback(meter)
+    trainer.add_callback(CheckpointingPolicy())
     if training.process_index == 0:
         print(f"[model] trainable parameters {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.3f}%), "
               f"{'padding-free' if padding_free else 'padded'} batches")

@@ -41,16 +41,21 @@ def attention_flops(example_lengths: list[int], layers: int, hidden: int) -> flo
     return 6.0 * layers * hidden * sum(s * s for s in example_lengths)
 
 
-def measure_peak_flops(size: int = 1024, repeats: int = 3) -> float:
-    """Achieved fp32 GEMM FLOP/s on this machine: the best of a few size^3 matrix products."""
+def measure_peak_flops(size: int = 1024, repeats: int = 3, device: str = "cpu", dtype=None) -> float:
+    """Achieved GEMM FLOP/s on `device` in `dtype` (float32 unless given): the best of a few size^3 matrix
+    products."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(size, size, device=device, dtype=dtype or torch.float32)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     a @ b  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best
 
@@ -61,18 +66,26 @@ def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
     return flops / seconds / peak_flops_per_s
 
 
-def machine_peak_flops() -> float:
-    """measure_peak_flops once per machine and thread count, remembered under ~/.cache/tuneforge."""
+def machine_peak_flops(dtype_name: str = "float32") -> float:
+    """measure_peak_flops once per machine (the GPU where there is one, else the CPU and its thread count)
+    and compute dtype, remembered under ~/.cache/tuneforge."""
     import torch
 
-    key = f"{platform.machine()}-{platform.processor() or 'cpu'}-{os.cpu_count()}-{torch.get_num_threads()}"
+    if torch.cuda.is_available():
+        key = f"cuda-{torch.cuda.get_device_name()}-{dtype_name}"
+        measure = lambda: measure_peak_flops(8192, 5, "cuda", getattr(torch, dtype_name))  # noqa: E731
+    else:
+        key = f"{platform.machine()}-{platform.processor() or 'cpu'}-{os.cpu_count()}-{torch.get_num_threads()}"
+        if dtype_name != "float32":
+            key += f"-{dtype_name}"
+        measure = lambda: measure_peak_flops(dtype=getattr(torch, dtype_name))  # noqa: E731
     path = Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge")) / "peak_flops.json"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = measure_peak_flops()
+        known[key] = measure()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(known))
