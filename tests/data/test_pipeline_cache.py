@@ -191,3 +191,20 @@ def test_the_cache_key_is_the_same_in_every_process(tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert child == fingerprint(preprocess_settings("sft", get_template("llama3", tok), tok, DataArgs()))
+
+
+def test_pt_block_batch_size_is_part_of_the_key(env):
+    # pt cuts blocks per map batch, so another batch size can start blocks elsewhere.
+    write_jsonl(env / "d.jsonl", [{"text": f"document {i} " + "word " * (3 + i % 11)} for i in range(40)])
+    (env / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.jsonl", "columns": {"prompt": "text"}}}))
+    base = prepare(env, stage="pt", cutoff_len=16, preprocessing_batch_size=7)
+    other = prepare(env, stage="pt", cutoff_len=16, preprocessing_batch_size=13)
+    assert not other.train_report.cache_hit
+    assert content(other) != content(base)
+
+
+def test_a_touched_file_with_the_same_rows_stays_a_hit(env):
+    prepare(env)
+    path = env / "d.jsonl"
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert prepare(env).train_report.cache_hit

@@ -123,3 +123,14 @@ def test_checkpointing_policy_keeps_the_last_layer_and_gradients_unchanged(chatm
         m(input_ids=ids, labels=ids).loss.backward()
     for (name, p), q in zip(plain.named_parameters(), model.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def test_end_of_run_mfu_counts_the_steps_after_the_last_log(tiny_model_dir, data_files, tmp_path, monkeypatch):
+    from tuneforge.train.runner import run_train
+
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
+    every = run_train(base_args(tiny_model_dir, data_files["sft"], str(tmp_path / "a"), max_steps=3, logging_steps=1))
+    none = run_train(base_args(tiny_model_dir, data_files["sft"], str(tmp_path / "b"), max_steps=3, logging_steps=5))
+    # The same work either way: FLOPs = MFU x runtime x peak.
+    assert none["train_mfu"] > 0
+    assert none["train_mfu"] * none["train_runtime"] == pytest.approx(every["train_mfu"] * every["train_runtime"], rel=0.05)

@@ -21,8 +21,13 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def fsdp_on(value) -> bool:
-    return bool(value) and str(value).strip().lower() not in ("false", "no", "none", "null", "0", "")
+def fsdp_value(value):
+    """The `fsdp` setting as the Trainer takes it: None when off, True for `fsdp: true` (transformers 5's
+    form), else the older option string such as "full_shard auto_wrap"."""
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("", "false", "no", "none", "null", "0"):
+        return None
+    return True if text == "true" else value
 
 
 def validate(args, train_kwargs: dict, where: dict) -> None:
@@ -59,7 +64,7 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
         logger.warning("bf16=true on a CPU without bf16 instructions: training will be slow; bf16=false is faster here")
     if train_kwargs.get("deepspeed") and not cuda:
         raise ConfigError(f"deepspeed{at('deepspeed')}: DeepSpeed needs a GPU and none is available; set deepspeed=null")
-    if fsdp_on(train_kwargs.get("fsdp")) and not cuda:
+    if fsdp_value(train_kwargs.get("fsdp")) is not None and not cuda:
         raise ConfigError(
             f"fsdp{at('fsdp')}: FSDP needs GPUs and none is available (on the CPU accelerate would silently train "
             "unsharded DDP instead); set fsdp=null"
@@ -100,8 +105,8 @@ def training_arguments(args, train_kwargs: dict):
     kw.setdefault("do_train", True)
     if args.finetune.disable_gradient_checkpointing:
         kw["gradient_checkpointing"] = False
-    if "fsdp" in kw:  # `fsdp: true` is transformers 5's form; the strings ("full_shard auto_wrap") still work
-        kw["fsdp"] = True if str(kw["fsdp"]).lower() == "true" else (kw["fsdp"] if fsdp_on(kw["fsdp"]) else None)
+    if "fsdp" in kw:
+        kw["fsdp"] = fsdp_value(kw["fsdp"])
     if not torch.cuda.is_available():
         kw["use_cpu"] = True
     kw["remove_unused_columns"] = False  # our collators need every column (segments, lengths)

@@ -92,7 +92,7 @@ def _encode_documents_batch(batch, *, tokenizer):
 
 def _block_batch(batch, *, cutoff_len, concatenate):
     # pt's second step, run in one process: where blocks start must not depend on how rows were split
-    # among tokenizing workers.
+    # among tokenizing workers (it does depend on the batch size, which is part of the cache key).
     blocks = cut_blocks([d for d in batch["_doc"] if d], cutoff_len, concatenate)
     return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
@@ -232,6 +232,9 @@ def preprocess_settings(stage: str, template, tokenizer, data_args) -> dict:
         "train_on_prompt": bool(data_args.train_on_prompt),
         "mask_history": bool(data_args.mask_history),
         "concatenate_documents": packs_documents(data_args),
+        # pt cuts blocks per map batch (each batch's leftover is its own short block), so the batch size
+        # decides where blocks start; the other stages tokenize row by row.
+        "block_batch_size": data_args.preprocessing_batch_size if stage == "pt" else None,
         "code": code_identity(),
     }
 

@@ -15,7 +15,7 @@ TOKENIZED_META = "tuneforge_tokenized.json"
 # Settings a tokenized_path must have been made with to be loaded. The code hash is left out on purpose:
 # an explicitly saved dataset stays usable across tuneforge versions.
 _CHECKED_SETTINGS = ("stage", "template", "tokenizer", "cutoff_len", "train_on_prompt", "mask_history",
-                     "concatenate_documents")
+                     "concatenate_documents", "block_batch_size")
 
 
 @dataclass
@@ -39,10 +39,10 @@ class PreparedData:
         return out
 
 
-def _key_parts(data_args, report, which: str, seed: int):
-    files = [vars(f) for f in getattr(report, "files", [])]
+def _key_parts(data_args, which: str, seed: int):
+    # No file sizes or times: the key holds a hash of the rows themselves, so a touched file stays a hit.
     return [which, data_args.dataset if which == "train" else data_args.eval_dataset, data_args.max_samples,
-            data_args.mix_strategy, data_args.interleave_probs, data_args.val_size, seed, files]
+            data_args.mix_strategy, data_args.interleave_probs, data_args.val_size, seed]
 
 
 def _tokenized_meta(data_args, settings: dict, files) -> dict:
@@ -136,7 +136,7 @@ def prepare_datasets(data_args, stage: str, tokenizer, template, seed: int = 42,
         lines += [f"[eval] {line}" for line in eval_load_report.summary_lines()]
     elif data_args.val_size:
         rows, eval_rows = split_train_val(rows, data_args.val_size, seed)
-    key = _key_parts(data_args, load_report, "train", seed)
+    key = _key_parts(data_args, "train", seed)
     train, train_rep = tokenize_rows(rows, stage=stage, template=template, tokenizer=tokenizer,
                                      data_args=data_args, key_parts=key, num_proc=num_proc)
     if train_rep.rows_in and not train_rep.examples:

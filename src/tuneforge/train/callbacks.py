@@ -37,6 +37,21 @@ class ThroughputLogCallback(TrainerCallback):
             if not args.resume_from_checkpoint and os.path.exists(self.path):
                 os.remove(self.path)
 
+    def _take_counts(self, world: int) -> tuple[int, int, float]:
+        """Tokens, supervised tokens and FLOPs since the last call (all processes); adds to total_flops."""
+        total, total_sup = self.trainer.global_counts()
+        tokens, sup = total - self.last_tokens, total_sup - self.last_sup
+        attention = attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
+        flops = tokens * self.flops_per_token + sup * self.head_flops + attention
+        self.total_flops += flops
+        self.trainer.example_lengths.clear()
+        self.last_tokens, self.last_sup = total, total_sup
+        return tokens, sup, flops
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.start is not None:  # the steps after the last log count towards the end-of-run MFU too
+            self._take_counts(max(args.world_size, 1))
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or self.start is None:
             return
@@ -44,16 +59,11 @@ class ThroughputLogCallback(TrainerCallback):
         world = max(args.world_size, 1)
         if "loss" in logs:
             dt = max(now - self.last_time, 1e-9)
-            total, total_sup = self.trainer.global_counts()
-            tokens, sup = total - self.last_tokens, total_sup - self.last_sup
-            attention = attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
-            flops = tokens * self.flops_per_token + sup * self.head_flops + attention
+            tokens, sup, flops = self._take_counts(world)
             logs["tokens_per_s"] = round(tokens / dt, 1)
             logs["supervised_tokens_per_s"] = round(sup / dt, 1)
             logs["mfu"] = round(mfu(flops, dt, self.peak_flops * world), 4)
-            self.total_flops += flops
-            self.trainer.example_lengths.clear()
-            self.last_time, self.last_tokens, self.last_sup = now, total, total_sup
+            self.last_time = now
         if not state.is_world_process_zero or self.path is None or not ({"loss", "eval_loss"} & set(logs)):
             return
         elapsed = now - self.start

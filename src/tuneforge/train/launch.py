@@ -32,9 +32,9 @@ def launch_settings(argv: list[str]) -> dict | None:
 def _sharded_on_gpu(raw: dict) -> bool:
     """DeepSpeed and FSDP need a process group even for one GPU, which accelerate sets up only under a
     launcher. Without a GPU they are a config error, reported by this process rather than by torchrun."""
-    from ..config.validate import fsdp_on
+    from ..config.validate import fsdp_value
 
-    if not (raw.get("deepspeed") or fsdp_on(raw.get("fsdp"))):
+    if not raw.get("deepspeed") and fsdp_value(raw.get("fsdp")) is None:
         return False
     import torch
 

@@ -106,6 +106,7 @@ def run_train(argv: list[str]) -> dict:
     from .outputs import finish_outputs, print_summary
     from .sampler import LengthGroupedSampler, TokenBudgetBatchSampler
     from .callbacks import CheckpointingPolicy
+    from .throughput import mfu
     from .trainer import TuneforgeTrainer
 
     args = parse_train_args(argv)
@@ -171,7 +172,7 @@ def run_train(argv: list[str]) -> dict:
             runtime = metrics["train_runtime"]
             metrics["train_tokens_per_second"] = round(metrics["train_tokens"] / runtime, 2)
             metrics["train_supervised_tokens_per_second"] = round(metrics["train_supervised_tokens"] / runtime, 2)
-            metrics["train_mfu"] = round(meter.total_flops / runtime / (meter.peak_flops * max(training.world_size, 1)), 4)
+            metrics["train_mfu"] = round(mfu(meter.total_flops, runtime, meter.peak_flops * max(training.world_size, 1)), 4)
         trainer.save_model()
         trainer.save_state()
         trainer.save_metrics("train", metrics)

@@ -9,6 +9,7 @@ import torch
 from transformers import Trainer
 
 from ..errors import TuneforgeError
+from ..models.varlen_attention import example_bounds
 from .loss import linear_cross_entropy
 
 _NO_LOGITS = torch.tensor([], dtype=torch.long)
@@ -103,9 +104,8 @@ class TuneforgeTrainer(Trainer):
         if "attention_mask" in inputs:
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
         else:
-            pos = inputs["position_ids"][0]
-            starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
-            lengths = [b - a for a, b in zip(starts, starts[1:])]
+            bounds = example_bounds(inputs["position_ids"])
+            lengths = [b - a for a, b in zip(bounds, bounds[1:])]
         self.tokens_seen += int(sum(lengths))
         self.supervised_seen += int(n_sup)
         self.example_lengths.extend(int(n) for n in lengths)
