@@ -61,6 +61,11 @@ def apply_finetuning(model, model_args, finetune_args, is_trainable: bool):
     return model
 
 
+def base_model(model):
+    """The transformers model inside a PEFT wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def param_numel(param) -> int:
     """Elements of a parameter, also under DeepSpeed ZeRO-3, whose partitioned tensors are empty outside
     the forward and keep the true count in `ds_numel`."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .adapters import base_model
+
 NAME = "tuneforge_varlen_sdpa"
 
 
@@ -55,7 +57,7 @@ def register() -> str:
 
 def use_varlen_attention(model) -> bool:
     """Switches an sdpa model to per-example attention; returns whether it did."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if getattr(base.config, "_attn_implementation", None) != "sdpa":
         return False
     base.set_attn_implementation(register())
@@ -63,6 +65,6 @@ def use_varlen_attention(model) -> bool:
 
 
 def restore_sdpa(model) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if getattr(base.config, "_attn_implementation", None) == NAME:
         base.set_attn_implementation("sdpa")

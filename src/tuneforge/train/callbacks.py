@@ -10,6 +10,7 @@ import time
 from transformers import TrainerCallback
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ..models.adapters import base_model
 from .throughput import attention_flops, mfu
 
 
@@ -102,7 +103,7 @@ class CheckpointingPolicy(TrainerCallback):
         enabled = getattr(args, "gradient_checkpointing", False) if enabled is None else enabled
         if model is None or not enabled:
             return
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
         if len(layers) > 1:
             layers[-1].gradient_checkpointing = False

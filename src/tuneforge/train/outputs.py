@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from ..models.adapters import base_model
+
 
 def finish_outputs(args, trainer, tokenizer, template, eos_ids: list[int]) -> None:
     out = args.training.output_dir
@@ -13,7 +15,7 @@ def finish_outputs(args, trainer, tokenizer, template, eos_ids: list[int]) -> No
         tokenizer.chat_template = jinja
     tokenizer.save_pretrained(out)
     model = trainer.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     gen = base.generation_config
     gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
     if tokenizer.pad_token_id is not None:

@@ -37,11 +37,9 @@ class TokenBudgetBatchSampler:
 
     def __init__(self, lengths: list[int], budget: int, seed: int = 42):
         self.lengths, self.budget, self.seed = lengths, budget, seed
-        self.epoch = 0
         self._batches = self._make(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
         self._batches = self._make(epoch)
 
     def _make(self, epoch: int) -> list[list[int]]:

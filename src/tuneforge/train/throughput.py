@@ -28,9 +28,9 @@ def head_flops_per_supervised_token(vocab: int, hidden: int, head_trained: bool)
 
 def body_parameters(model) -> tuple[int, int]:
     """(total, trainable) parameters without the input embedding and the LM head."""
-    from ..models.adapters import param_numel
+    from ..models.adapters import base_model, param_numel
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     skip = {id(p) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None
             for p in m.parameters()}
     params = [p for p in model.parameters() if id(p) not in skip]
