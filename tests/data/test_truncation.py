@@ -47,13 +47,31 @@ def test_pretrain_blocks(chatml_tok):
     assert separate[-1][-1] == chatml_tok.eos_token_id
 
 
-def test_pairwise_drops_a_row_whose_answer_cannot_fit(chatml_tok):
+def test_pairwise_truncation_keeps_one_prompt_and_cuts_in_proportion(chatml_tok):
     from tuneforge.data.processors import pairwise_example
 
     history = [Message("user", "hi"), Message("assistant", "hello"), Message("user", "pick one " * 20)]
-    conv = Conversation(messages=history, chosen=Message("assistant", "a"), rejected=Message("assistant", "b"))
-    row, _ = pairwise_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=20))
-    assert row == "answer does not fit cutoff_len"
-    row, _ = pairwise_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=4096))
+    conv = Conversation(messages=history, chosen=Message("assistant", "a"),
+                        rejected=Message("assistant", "the quick brown fox jumps over the lazy dog " * 3))
+    whole, cut = pairwise_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=4096))
+    assert not cut
+    assert chatml_tok.decode([t for t in whole["chosen_labels"] if t != -100]) == "a<|im_end|>\n"
+    rejected_len = sum(t != -100 for t in whole["rejected_labels"])
+    prompt_len = len(whole["chosen_input_ids"]) - sum(t != -100 for t in whole["chosen_labels"])
+
+    row, cut = pairwise_example(AutoTemplate(), chatml_tok, conv, ProcessorOptions(cutoff_len=40))
+    assert cut
+    assert all(len(row[f"{k}_input_ids"]) <= 40 for k in ("chosen", "rejected"))
+    prompts = [row[f"{k}_input_ids"][: row[f"{k}_labels"].index(next(t for t in row[f"{k}_labels"] if t != -100))]
+               for k in ("chosen", "rejected")]
+    assert prompts[0] == prompts[1]  # one prompt for both responses
+    # The history turn went first; then the last prompt and the longer response were cut in proportion.
+    assert chatml_tok.decode(prompts[0]).startswith("<|im_start|>user\npick one")
+    assert chatml_tok.decode(prompts[0]).endswith("<|im_start|>assistant\n")  # generation header kept
+    kept_rejected = [t for t in row["rejected_labels"] if t != -100]
+    assert chatml_tok.decode(kept_rejected).endswith("<|im_end|>\n")  # end of turn kept
+    last_prompt_len = prompt_len - len(chatml_tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+                                                         "hello<|im_end|>\n"))
+    assert len(prompts[0]) + len(kept_rejected) == 40
+    assert abs(len(prompts[0]) / 40 - last_prompt_len / (last_prompt_len + rejected_len)) < 0.05
     assert chatml_tok.decode([t for t in row["chosen_labels"] if t != -100]) == "a<|im_end|>\n"
-    assert chatml_tok.decode([t for t in row["rejected_labels"] if t != -100]) == "b<|im_end|>\n"

@@ -31,7 +31,8 @@ def test_example_parses_and_validates(path):
     validate(args, train_kwargs, args.sources)
 
 
-@pytest.mark.parametrize("name", ["sft_lora.yaml", "sft_qlora.yaml", "sft_freeze.yaml", "sft_full.yaml", "pt_lora.yaml"])
+@pytest.mark.parametrize("name", ["sft_lora.yaml", "sft_qlora.yaml", "sft_freeze.yaml", "sft_full.yaml", "pt_lora.yaml",
+                                  "rm_lora.yaml", "dpo_lora.yaml", "kto_lora.yaml"])
 def test_cpu_example_trains_on_a_tiny_model(name, tiny_model_dir, tmp_path, monkeypatch):
     from tuneforge.train.runner import run_train
 

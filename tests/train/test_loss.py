@@ -57,3 +57,29 @@ def test_reused_logits_buffer_never_leaks_between_calls():
         a.backward()
         b.backward()
         assert torch.allclose(a, b, atol=1e-4) and torch.allclose(h1.grad, h2.grad, atol=1e-5)
+
+
+def test_token_logprobs_with_a_frozen_head_precompute_the_hidden_gradient():
+    # LoRA's case: the head is frozen, so d log p / d hidden is formed in the forward pass and the backward
+    # only scales it. Values and gradients must equal the plain computation, for any chunking.
+    for chunk in (1, 6, 37, 100):
+        h1, w, t = _inputs(2)
+        w = w.detach()
+        h2 = h1.detach().clone().requires_grad_(True)
+        weights = torch.linspace(-1, 2, t.numel())
+        a = token_logprobs(h1, w, t, chunk)
+        b = torch.log_softmax(h2 @ w.t(), -1).gather(1, t[:, None]).squeeze(1)
+        assert torch.allclose(a, b, atol=1e-5)
+        (a * weights).sum().backward()
+        (b * weights).sum().backward()
+        assert torch.allclose(h1.grad, h2.grad, atol=1e-5)
+
+
+def test_token_logprobs_without_gradient_and_empty():
+    h, w, t = _inputs(3)
+    with torch.no_grad():
+        a = token_logprobs(h, w, t, 4)
+    assert not a.requires_grad
+    assert torch.allclose(a, torch.log_softmax(h @ w.t(), -1).gather(1, t[:, None]).squeeze(1), atol=1e-5)
+    empty = token_logprobs(h[:0], w, t[:0], 4)
+    assert empty.shape == (0,)

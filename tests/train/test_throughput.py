@@ -52,7 +52,7 @@ def test_token_budget_training_runs_and_logs_throughput(tiny_model_dir, data_fil
 def test_gradient_checkpointing_only_when_memory_needs_it():
     from types import SimpleNamespace
 
-    from tuneforge.train.runner import needs_gradient_checkpointing
+    from tuneforge.train.common import needs_gradient_checkpointing
 
     smollm2 = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
     assert not needs_gradient_checkpointing(smollm2, 4 * 512, 20 * 2**30)  # ~2.5 GB of 20 GB

@@ -64,6 +64,9 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir,
     ("train_lora/qwen3_lora_sft.yaml", {}),
     ("train_lora/qwen3_lora_pretrain.yaml", {}),
     ("train_full/qwen3_full_sft.yaml", {"deepspeed": "null"}),
+    ("train_lora/qwen3_lora_dpo.yaml", {}),
+    ("train_lora/qwen3_lora_kto.yaml", {}),
+    ("train_lora/qwen3_lora_reward.yaml", {}),
 ])
 def test_llamafactory_example_configs_run(tiny_model_dir, tmp_path, config, over):
     """Only the model, template, data folder and hardware keys change (plus max_steps and output_dir, to keep
@@ -75,6 +78,9 @@ def test_llamafactory_example_configs_run(tiny_model_dir, tmp_path, config, over
     run_train([os.path.join(ANCHORS, "llamafactory-examples", config), *[f"{k}={v}" for k, v in keys.items()]])
     results = json.load(open(os.path.join(out, "all_results.json")))
     assert results["train_loss"] == results["train_loss"] and results["train_tokens"] > 0
+    assert os.path.exists(os.path.join(out, "adapter_model.safetensors" if "lora" in config else "model.safetensors"))
+    if "reward" in config:
+        assert os.path.exists(os.path.join(out, "value_head.safetensors"))
 
 
 def test_group_by_length_batches_similar_lengths():

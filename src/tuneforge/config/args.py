@@ -73,7 +73,7 @@ class DataArgs:
 
 @dataclass
 class FinetuneArgs:
-    stage: str = field(default="sft", metadata={"help": "pt | sft | rm | dpo | kto | ppo (pt and sft implemented)."})
+    stage: str = field(default="sft", metadata={"help": "pt | sft | rm | dpo | kto (ppo, grpo: not yet)."})
     finetuning_type: str = field(default="lora", metadata={"help": "lora | freeze | full."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: Optional[int] = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)."})
@@ -89,7 +89,7 @@ class FinetuneArgs:
     freeze_extra_modules: Optional[str] = field(default=None, metadata={"help": "Modules outside the layers to train."})
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Multimodal only."})
     pure_bf16: bool = field(default=False, metadata={"help": "Train in pure bf16."})
-    plot_loss: bool = field(default=False, metadata={"help": "Write training_loss.png."})
+    plot_loss: bool = field(default=False, metadata={"help": "Write training_loss.png (and the stage's metric plots)."})
     loss_chunk_size: int = field(default=1024, metadata={"help": "Supervised tokens per LM-head chunk."})
     disable_gradient_checkpointing: bool = field(default=False, metadata={"help": "LLaMA-Factory's name; see gradient_checkpointing."})
     peak_tflops: Optional[float] = field(default=None, metadata={"help": "Hardware peak for MFU (measured when unset)."})
@@ -99,6 +99,22 @@ class FinetuneArgs:
     node_rank: Optional[int] = field(default=None, metadata={"help": "This node's rank (torchrun)."})
     master_addr: Optional[str] = field(default=None, metadata={"help": "Rendezvous address (torchrun)."})
     master_port: Optional[int] = field(default=None, metadata={"help": "Rendezvous port (torchrun)."})
+
+
+@dataclass
+class PreferenceArgs:
+    pref_beta: float = field(default=0.1, metadata={"help": "dpo/kto: beta, how far the policy may move from the reference; orpo: weight of the odds-ratio term."})
+    pref_ftx: float = field(default=0.0, metadata={"help": "dpo/kto: add this times the SFT loss of the chosen (desirable) response."})
+    pref_loss: str = field(default="sigmoid", metadata={"help": "dpo: sigmoid (DPO) | hinge | ipo | orpo | simpo."})
+    dpo_label_smoothing: float = field(default=0.0, metadata={"help": "sigmoid: assumed share of flipped preferences (robust DPO), 0 to 0.5."})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "simpo: target reward margin."})
+    kto_chosen_weight: float = field(default=1.0, metadata={"help": "kto: weight of desirable examples' losses."})
+    kto_rejected_weight: float = field(default=1.0, metadata={"help": "kto: weight of undesirable examples' losses."})
+    pref_bco_weight: float = field(default=0.0, metadata={"help": "LLaMA-Factory's BCO mixing: not supported, must stay 0."})
+    ref_model: Optional[str] = field(default=None, metadata={"help": "dpo/kto: reference model (default: the base with adapters off, or a frozen copy)."})
+    ref_model_adapters: Optional[str] = field(default=None, metadata={"help": "Adapters merged into ref_model, comma-separated."})
+    ref_model_quantization_bit: Optional[int] = field(default=None, metadata={"help": "4 or 8: load ref_model quantised."})
+    precompute_ref_logps: bool = field(default=False, metadata={"help": "Compute reference log-probabilities once before training."})
 
 
 @dataclass

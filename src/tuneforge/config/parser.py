@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs
+from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs
 
 # LLaMA-Factory keys that only tune its own internals: accepted so its YAML files run, with a warning.
 IGNORED_KEYS = {
@@ -153,6 +153,7 @@ class Args:
     model: ModelArgs
     data: DataArgs
     finetune: FinetuneArgs
+    preference: PreferenceArgs
     generate: GenerateArgs
     training: object | None  # Seq2SeqTrainingArguments for `train`, else None
     sources: dict  # key -> where it was set
@@ -166,7 +167,7 @@ EXTRA_TRAIN_KEYS = {"overwrite_output_dir": bool, "group_by_length": bool, "logg
 def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dict]:
     """Splits raw keys among the dataclasses; returns Args and the TrainingArguments kwargs (not yet built,
     so validation can adjust them)."""
-    groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, GenerateArgs)}
+    groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, GenerateArgs)}
     training_types = {}
     if with_training:
         from transformers import Seq2SeqTrainingArguments
@@ -202,6 +203,7 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
             model=ModelArgs(**kwargs[ModelArgs]),
             data=DataArgs(**kwargs[DataArgs]),
             finetune=FinetuneArgs(**kwargs[FinetuneArgs]),
+            preference=PreferenceArgs(**kwargs[PreferenceArgs]),
             generate=GenerateArgs(**kwargs[GenerateArgs]),
             training=None,
             sources={k: v.where for k, v in raw.items()},

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs
+from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs
 
 GROUPS = [("Model", ModelArgs), ("Data", DataArgs), ("Method and training extras", FinetuneArgs),
-          ("Generation (chat)", GenerateArgs)]
+          ("Reward and preference stages (rm, dpo, kto)", PreferenceArgs), ("Generation (chat)", GenerateArgs)]
 
 
 def markdown() -> str:

@@ -6,11 +6,12 @@ import logging
 import os
 
 from ..errors import ConfigError
+from ..stages import PREFERENCE, READY, get_stage
 
 logger = logging.getLogger("tuneforge")
 
-STAGES_READY = ("pt", "sft")
-STAGES_ALL = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
+PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
+REFERENCE_FREE = ("orpo", "simpo")  # losses that need no reference model
 
 
 def _cpu_has_bf16() -> bool:
@@ -41,11 +42,9 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
 
     if not m.model_name_or_path:
         raise ConfigError("model_name_or_path is not set: give a Hugging Face folder, hub id, .gguf file or alias")
-    if f.stage not in STAGES_ALL:
-        raise ConfigError(f"stage{at('stage')}: unknown stage {f.stage!r}; choose one of {', '.join(STAGES_ALL)}")
-    if f.stage not in STAGES_READY:
+    if get_stage(f.stage, at("stage")).recipe is None:
         raise ConfigError(
-            f"stage{at('stage')}: stage {f.stage!r} is not implemented in this version yet; available: {', '.join(STAGES_READY)}"
+            f"stage{at('stage')}: stage {f.stage!r} is not implemented in this version yet; available: {', '.join(READY)}"
         )
     if f.finetuning_type not in ("lora", "freeze", "full"):
         raise ConfigError(f"finetuning_type{at('finetuning_type')}: {f.finetuning_type!r} is not one of lora, freeze, full")
@@ -89,6 +88,129 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
         )
     if d.cutoff_len < 2:
         raise ConfigError(f"cutoff_len{at('cutoff_len')}: must be at least 2")
+    validate_stage_keys(args, train_kwargs, at)
+
+
+def _reference_needed(args) -> bool:
+    return args.finetune.stage in PREFERENCE and (args.finetune.stage == "kto" or
+                                                  args.preference.pref_loss not in REFERENCE_FREE)
+
+
+def validate_stage_keys(args, train_kwargs: dict, at) -> None:
+    """Keys of the reward and preference stages: values in range, and no key that the chosen stage or loss
+    would not read. Keys LLaMA-Factory configs often carry for every stage (pref_beta, pref_loss) are
+    warned about when they have no effect; keys that change what is trained are refused."""
+    f, d, p = args.finetune, args.data, args.preference
+    stage = get_stage(f.stage)
+    pairwise_or_kto = stage.shape.name in ("pairwise", "kto")
+    given = set(args.sources)
+    if p.pref_loss == "kto_pair":
+        raise ConfigError(f"pref_loss{at('pref_loss')}: kto_pair is no longer a DPO loss; use stage: kto")
+    if p.pref_loss not in PREF_LOSSES:
+        raise ConfigError(f"pref_loss{at('pref_loss')}: unknown loss {p.pref_loss!r}; choose one of {', '.join(PREF_LOSSES)}")
+    if p.pref_bco_weight:
+        raise ConfigError(f"pref_bco_weight{at('pref_bco_weight')}: BCO is not supported; set pref_bco_weight: 0")
+    if p.pref_beta <= 0:
+        raise ConfigError(f"pref_beta{at('pref_beta')}: must be above 0, got {p.pref_beta}")
+    if not 0 <= p.dpo_label_smoothing < 0.5:
+        raise ConfigError(f"dpo_label_smoothing{at('dpo_label_smoothing')}: must be in [0, 0.5), got {p.dpo_label_smoothing}")
+    if p.pref_ftx < 0 or p.kto_chosen_weight < 0 or p.kto_rejected_weight < 0:
+        raise ConfigError("pref_ftx, kto_chosen_weight and kto_rejected_weight must not be negative")
+    if p.ref_model_quantization_bit not in (None, 4, 8):
+        raise ConfigError(f"ref_model_quantization_bit{at('ref_model_quantization_bit')}: must be 4 or 8")
+    if pairwise_or_kto and d.train_on_prompt:
+        raise ConfigError(
+            f"train_on_prompt{at('train_on_prompt')}: stage {f.stage} scores responses to a prompt, so the prompt is "
+            "never trained; remove train_on_prompt"
+        )
+    if pairwise_or_kto and (d.packing or d.neat_packing):
+        key = "packing" if d.packing else "neat_packing"
+        raise ConfigError(
+            f"{key}{at(key)}: stage {f.stage} batches its sequences padding-free already, with no padding to pack "
+            f"away; remove {key}"
+        )
+    if f.stage == "kto" and d.streaming:
+        raise ConfigError(f"streaming{at('streaming')}: stage kto pairs each prompt with another row's response for "
+                          "its KL estimate, which needs the whole dataset; set streaming: false")
+    if f.stage in PREFERENCE and p.precompute_ref_logps and d.streaming:
+        raise ConfigError(f"precompute_ref_logps{at('precompute_ref_logps')}: needs a dataset that is not streamed")
+    if f.stage == "dpo" and p.dpo_label_smoothing and p.pref_loss != "sigmoid":
+        raise ConfigError(f"dpo_label_smoothing{at('dpo_label_smoothing')}: applies to pref_loss sigmoid only, "
+                          f"not {p.pref_loss}")
+    if f.stage == "dpo" and p.pref_loss in REFERENCE_FREE and (p.ref_model or p.ref_model_adapters):
+        raise ConfigError(f"ref_model{at('ref_model')}: pref_loss {p.pref_loss} uses no reference model; remove ref_model")
+    if p.ref_model_adapters and not p.ref_model:
+        raise ConfigError(f"ref_model_adapters{at('ref_model_adapters')}: give ref_model, the base they belong to")
+    _check_reference_folders(p, at)
+    if f.stage in PREFERENCE and _reference_needed(args) and f.finetuning_type != "lora" and not p.ref_model:
+        sharded = train_kwargs.get("deepspeed") or fsdp_value(train_kwargs.get("fsdp")) is not None
+        if sharded and _zero_stage(train_kwargs.get("deepspeed")) != 2:
+            raise ConfigError(
+                f"finetuning_type={f.finetuning_type} with stage {f.stage} needs a frozen reference copy, which is not "
+                "supported under DeepSpeed ZeRO-3 or FSDP yet; use finetuning_type: lora (the reference is then the "
+                "base with adapters off) or ZeRO-2"
+            )
+    if pairwise_or_kto and fsdp_value(train_kwargs.get("fsdp")) is not None:
+        raise ConfigError(f"fsdp{at('fsdp')}: stage {f.stage} is not supported with FSDP yet; use DeepSpeed or DDP")
+    unused = _unused_preference_keys(args, given)
+    if unused:
+        logger.warning("%s: no effect with stage %s%s", ", ".join(unused), f.stage,
+                       f" and pref_loss {p.pref_loss}" if f.stage == "dpo" else "")
+
+
+def _check_reference_folders(p, at) -> None:
+    """A ref_model folder that is not a model, or ref_model_adapters that are not adapters, found before any
+    model is loaded."""
+    folder = os.path.expanduser(p.ref_model or "")
+    if folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "config.json")):
+        if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+            raise ConfigError(
+                f"ref_model{at('ref_model')}: {p.ref_model} is a LoRA adapter folder, not a model; set ref_model to "
+                f"its base model and ref_model_adapters: {p.ref_model}"
+            )
+        if not any(name.endswith(".gguf") for name in os.listdir(folder)):
+            raise ConfigError(
+                f"ref_model{at('ref_model')}: {p.ref_model} has no config.json, so it is not a model folder; give "
+                "the model to compare against (a model folder, .gguf file, alias or hub id)"
+            )
+    for adapter in [a.strip() for a in str(p.ref_model_adapters or "").split(",") if a.strip()]:
+        if not os.path.isfile(os.path.join(os.path.expanduser(adapter), "adapter_config.json")):
+            raise ConfigError(
+                f"ref_model_adapters{at('ref_model_adapters')}: {adapter} has no adapter_config.json; point it at "
+                "a folder a LoRA run saved"
+            )
+
+
+def _unused_preference_keys(args, given: set) -> list[str]:
+    f, p = args.finetune, args.preference
+    reads = set()
+    if f.stage in PREFERENCE:
+        reads |= {"pref_beta", "pref_ftx", "pref_bco_weight"}
+        if _reference_needed(args):
+            reads |= {"ref_model", "ref_model_adapters", "ref_model_quantization_bit", "precompute_ref_logps"}
+    if f.stage == "dpo":
+        reads |= {"pref_loss", "dpo_label_smoothing"} | ({"simpo_gamma"} if p.pref_loss == "simpo" else set())
+    if f.stage == "kto":
+        reads |= {"kto_chosen_weight", "kto_rejected_weight"}
+    keys = [field for field in vars(p) if field in given and field not in reads]
+    return keys
+
+
+def _zero_stage(deepspeed) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a path or a dict), None when there is none."""
+    import json
+
+    if not deepspeed:
+        return None
+    config = deepspeed
+    if isinstance(deepspeed, str):
+        try:
+            with open(deepspeed, encoding="utf-8") as fh:
+                config = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"deepspeed: cannot read {deepspeed} ({e})") from None
+    stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, dict) else None
+    return int(stage) if stage is not None else None
 
 
 def training_arguments(args, train_kwargs: dict):

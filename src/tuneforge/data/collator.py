@@ -73,6 +73,82 @@ class PaddedCollator:
         }
 
 
+def pack_sequences(sequences: list[tuple[list[int], list[int]]], padding_free: bool, pad_token_id: int,
+                   prefix: str = "") -> dict[str, torch.Tensor]:
+    """Several (input_ids, labels) sequences as one batch for the preference stages: padding-free (one row,
+    position_ids restarting per sequence) or right-padded with an attention mask, plus `sequence_index`,
+    the number of the sequence each position belongs to, so per-sequence sums need no Python loop."""
+    if padding_free:
+        ids, pos, targets, index = [], [], [], []
+        for i, (seq_ids, seq_labels) in enumerate(sequences):
+            ids += seq_ids
+            pos += range(len(seq_ids))
+            targets += _shifted(seq_labels)
+            index += [i] * len(seq_ids)
+        out = {"input_ids": [ids], "position_ids": [pos], "shift_labels": [targets], "sequence_index": [index]}
+    else:
+        longest = max(len(seq_ids) for seq_ids, _ in sequences)
+        out = {"input_ids": [], "attention_mask": [], "shift_labels": [], "sequence_index": []}
+        for i, (seq_ids, seq_labels) in enumerate(sequences):
+            pad = longest - len(seq_ids)
+            out["input_ids"].append(list(seq_ids) + [pad_token_id] * pad)
+            out["attention_mask"].append([1] * len(seq_ids) + [0] * pad)
+            out["shift_labels"].append(_shifted(seq_labels) + [IGNORE] * pad)
+            out["sequence_index"].append([i] * longest)
+    return {prefix + k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def _floats(examples: list[dict], key: str) -> torch.Tensor:
+    return torch.tensor([float(e[key]) for e in examples], dtype=torch.float32)
+
+
+class PairwiseCollator:
+    """rm/dpo: all chosen sequences, then all rejected ones (sequence i and i + n are a pair); carries
+    reference log-probabilities when they were precomputed."""
+
+    REFERENCE = ("ref_chosen_logps", "ref_rejected_logps")
+
+    def __init__(self, padding_free: bool, pad_token_id: int):
+        self.padding_free, self.pad_token_id = padding_free, pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = [(e[f"{side}_input_ids"], e[f"{side}_labels"]) for side in ("chosen", "rejected") for e in examples]
+        batch = pack_sequences(sequences, self.padding_free, self.pad_token_id)
+        batch["num_items"] = torch.tensor(len(examples))
+        batch.update({k: _floats(examples, k) for k in self.REFERENCE if k in examples[0]})
+        return batch
+
+
+class KTOCollator:
+    """kto: the examples, their desirable/undesirable tags, and the mismatched prompt/response pairs of
+    their KL estimate (kl_* keys, built once for the dataset by processors.add_kl_pairs)."""
+
+    REFERENCE = ("ref_logps", "ref_kl_logps")
+
+    def __init__(self, padding_free: bool, pad_token_id: int):
+        self.padding_free, self.pad_token_id = padding_free, pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = pack_sequences([(e["input_ids"], e["labels"]) for e in examples], self.padding_free, self.pad_token_id)
+        batch.update(pack_sequences([(e["kl_input_ids"], e["kl_labels"]) for e in examples], self.padding_free,
+                                    self.pad_token_id, prefix="kl_"))
+        batch["kto_tag"] = torch.tensor([bool(e["kto_tag"]) for e in examples])
+        batch["num_items"] = torch.tensor(len(examples))
+        batch.update({k: _floats(examples, k) for k in self.REFERENCE if k in examples[0]})
+        return batch
+
+
+def make_collator(family: str, padding_free: bool, pad_token_id: int):
+    """The collator of a row shape's family (see stages.RowShape.collator)."""
+    if family == "supervised":
+        return PaddingFreeCollator() if padding_free else PaddedCollator(pad_token_id)
+    if family == "pairwise":
+        return PairwiseCollator(padding_free, pad_token_id)
+    if family == "kto":
+        return KTOCollator(padding_free, pad_token_id)
+    raise ValueError(f"no collator for row family {family!r}")
+
+
 def pack_examples(dataset, cutoff_len: int, neat: bool, seed: int = 42):
     """Greedy first-fit packing of examples into rows of at most cutoff_len tokens (longest first). With
     `neat`, a row remembers its examples' lengths in `segments` so attention never crosses them; without,

@@ -15,8 +15,8 @@ from tuneforge.data.conversation import (
 )  # fmt: skip
 from tuneforge.data.registry import DatasetSpec
 from tuneforge.errors import DataError
+from tuneforge.stages import row_shape
 
-STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 _MEDIA_PARTS = ("image", "image_url", "video", "video_url", "audio", "audio_url", "input_audio")
 
 
@@ -32,17 +32,18 @@ class RowContext:
 
 def check_columns(spec: DatasetSpec, stage: str, present: list[str]) -> None:
     """Raise if a column the format and stage cannot do without is absent from the first rows."""
+    shape = row_shape(stage).name
     needed = ["messages"] if spec.formatting in ("sharegpt", "openai") else ["prompt"]
     if spec.ranking:
         needed += ["chosen", "rejected"]
-    elif stage in ("sft", "kto") and spec.formatting == "alpaca":
+    elif shape in ("supervised", "kto") and spec.formatting == "alpaca":
         needed.append("response")
-    if stage == "kto":
+    if shape == "kto":
         needed.append("kto_tag")
     for key in needed:
         column = spec.columns.get(key)
         if column not in present:
-            hint = " (a dataset without responses can be used with stage pt or ppo)" if key == "response" else ""
+            hint = " (a dataset without responses can be used with stage pt, ppo or grpo)" if key == "response" else ""
             raise DataError(
                 f"{spec.where}: {key} column '{column}' not found{hint}; columns present: {', '.join(present) or 'none'}. "
                 f"Set columns.{key} in the dataset_info.json entry to the right column"
@@ -222,24 +223,26 @@ def _extras(conv: Conversation, row: dict, ctx: RowContext) -> None:
         conv.kto_tag = _kto_tag(_column(row, spec, "kto_tag"), ctx, cols["kto_tag"])
 
 
-def _shape_for_stage(conv: Conversation, stage: str) -> Conversation | str:
-    if stage == "ppo" and conv.messages and conv.messages[-1].role in RESPONSE_ROLES:
-        conv.messages = conv.messages[:-1]  # ppo generates its own responses from the prompt
+def _shape_for_stage(conv: Conversation, shape: str) -> Conversation | str:
+    if shape == "prompt" and conv.messages and conv.messages[-1].role in RESPONSE_ROLES:
+        conv.messages = conv.messages[:-1]  # generation stages sample their own responses from the prompt
     if not conv.messages:
         return "no messages"
     for m in conv.messages:
         if not m.content.strip():
             return "empty response" if m.role in RESPONSE_ROLES else "empty prompt"
     ends_with_response = conv.messages[-1].role in RESPONSE_ROLES
-    if stage in ("rm", "dpo"):
+    if shape == "pairwise":
         if ends_with_response:
             return "conversation ends with a response instead of the prompt to rank responses for"
         if not (conv.chosen and conv.chosen.content.strip() and conv.rejected and conv.rejected.content.strip()):
             return "empty chosen or rejected response"
-    elif stage in ("sft", "kto"):
+        if (conv.chosen.role, conv.chosen.content) == (conv.rejected.role, conv.rejected.content):
+            return "chosen equals rejected (nothing to prefer)"
+    elif shape in ("supervised", "kto"):
         if not ends_with_response:
             return "no response (conversation ends with a prompt)"
-        if stage == "kto" and conv.kto_tag is None:
+        if shape == "kto" and conv.kto_tag is None:
             return "no kto_tag"
     return conv
 
@@ -255,7 +258,8 @@ def convert_row(row: dict, spec: DatasetSpec, stage: str, index: int, where: str
             return conv
         _extras(conv, row, ctx)
     conv.source = f"{spec.name}:{index}"
-    if stage == "pt":  # a document: the text column, or an instruction/chat row's turns joined
+    shape = row_shape(stage).name
+    if shape == "document":  # a document: the text column, or an instruction/chat row's turns joined
         text = conv.text if conv.text is not None else "\n".join(m.content for m in conv.messages if m.content)
         return Conversation(text=text, source=conv.source) if text.strip() else "empty text"
-    return _shape_for_stage(conv, stage)
+    return _shape_for_stage(conv, shape)

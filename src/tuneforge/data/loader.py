@@ -14,10 +14,11 @@ from itertools import chain, islice
 
 import datasets
 
-from tuneforge.data.formats import STAGES, check_columns, convert_row
+from tuneforge.data.formats import check_columns, convert_row
 from tuneforge.data.readers import FileInfo, file_info, iter_file_rows, iter_hub_rows, list_data_files
 from tuneforge.data.registry import DatasetSpec, detect_format, resolve_specs
 from tuneforge.errors import DataError
+from tuneforge.stages import STAGES, row_shape
 
 _MESSAGE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
 # One schema for every format, so datasets of different formats concatenate and interleave.
@@ -78,22 +79,25 @@ class LoadReport:
 def _check_stage(spec: DatasetSpec, stage: str) -> None:
     if stage not in STAGES:
         raise DataError(f"unknown stage '{stage}'; expected one of {', '.join(STAGES)}")
+    shape = row_shape(stage).name
     name = f"dataset '{spec.name}'"
-    if spec.formatting == "text" and stage != "pt":
+    if spec.formatting == "text" and shape != "document":
         raise DataError(
             f"{name} is plain text (one 'text' column), which only stage pt can train on; "
             f"give a chat or instruction dataset for stage {stage}"
         )
-    if stage in ("rm", "dpo") and not spec.ranking:
+    if shape == "pairwise" and not spec.ranking:
         raise DataError(
             f"stage {stage} needs a ranking dataset (chosen/rejected responses) but {name} is not one; "
             f'set "ranking": true with columns chosen and rejected in its dataset_info.json entry'
         )
-    if stage not in ("rm", "dpo") and spec.ranking:
-        raise DataError(f"{name} is a ranking dataset (chosen/rejected), usable with stage rm or dpo only, not {stage}")
-    if stage == "kto" and not spec.is_kto:
+    if shape != "pairwise" and spec.ranking:
+        pairwise = [s for s in STAGES if row_shape(s).name == "pairwise"]
+        raise DataError(f"{name} is a ranking dataset (chosen/rejected), usable with stage {' or '.join(pairwise)} only, "
+                        f"not {stage}")
+    if shape == "kto" and not spec.is_kto:
         raise DataError(
-            f"stage kto needs a kto_tag column (desirable true/false) but {name} has none; "
+            f"stage {stage} needs a kto_tag column (desirable true/false) but {name} has none; "
             f"set columns.kto_tag in its dataset_info.json entry"
         )
 

@@ -22,27 +22,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..stages import row_shape
+from . import processors
 from .conversation import Conversation
-from .processors import (
-    ProcessorOptions,
-    cut_blocks,
-    encode_documents,
-    kto_example,
-    pairwise_example,
-    supervised_example,
-    unsupervised_example,
-)
+from .processors import ProcessorOptions, cut_blocks, encode_documents
 
 logger = logging.getLogger(__name__)
 
-ROW_SHAPE = {"pt": "document", "sft": "supervised", "rm": "pairwise", "dpo": "pairwise", "kto": "kto",
-             "ppo": "unsupervised"}
-_BUILDERS = {
-    "supervised": supervised_example,
-    "pairwise": pairwise_example,
-    "kto": kto_example,
-    "unsupervised": unsupervised_example,
-}
 REPORT_FILE = "tuneforge_report.json"
 # Below this many rows, starting worker processes costs more than it saves.
 MIN_ROWS_FOR_WORKERS = 256
@@ -69,7 +55,8 @@ class PreprocessReport:
 
 
 def _tokenize_batch(batch, *, stage, template, tokenizer, opts):
-    build = _BUILDERS[ROW_SHAPE[stage]]
+    shape = row_shape(stage)
+    build = getattr(processors, shape.processor)
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     out: dict[str, list] = {}
     drops, cuts = [], []
@@ -80,7 +67,7 @@ def _tokenize_batch(batch, *, stage, template, tokenizer, opts):
             example = None
         else:
             drops.append(""), cuts.append(cut)
-        for key in _columns(stage):
+        for key in shape.columns:
             out.setdefault(key, []).append(example[key] if example else _empty(key))
     out["_drop"], out["_cut"] = drops, cuts
     return out
@@ -105,7 +92,7 @@ def _map_rows(rows, stage, template, tokenizer, data_args, workers, desc):
     in_memory = isinstance(rows, Dataset)
     extra = dict(num_proc=workers, desc=desc, load_from_cache_file=False) if in_memory else {}
     batch_size = data_args.preprocessing_batch_size
-    if stage != "pt":
+    if not _is_document(stage):
         opts = ProcessorOptions(data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
         kwargs = dict(stage=stage, template=template, tokenizer=tokenizer, opts=opts)
         return rows.map(_tokenize_batch, batched=True, batch_size=batch_size, fn_kwargs=kwargs,
@@ -120,13 +107,9 @@ def _map_rows(rows, stage, template, tokenizer, data_args, workers, desc):
                     **extra)
 
 
-def _columns(stage: str) -> list[str]:
-    shape = ROW_SHAPE[stage]
-    if shape == "pairwise":
-        return ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"]
-    if shape == "kto":
-        return ["input_ids", "labels", "kto_tag"]
-    return ["input_ids", "labels"]
+def _is_document(stage: str) -> bool:
+    """Plain-text stages are tokenized as a stream of documents cut into blocks, not row by row."""
+    return row_shape(stage).name == "document"
 
 
 def _empty(key: str):
@@ -234,7 +217,7 @@ def preprocess_settings(stage: str, template, tokenizer, data_args) -> dict:
         "concatenate_documents": packs_documents(data_args),
         # pt cuts blocks per map batch (each batch's leftover is its own short block), so the batch size
         # decides where blocks start; the other stages tokenize row by row.
-        "block_batch_size": data_args.preprocessing_batch_size if stage == "pt" else None,
+        "block_batch_size": data_args.preprocessing_batch_size if _is_document(stage) else None,
         "code": code_identity(),
     }
 
@@ -295,7 +278,7 @@ def tokenize_rows(rows, *, stage, template, tokenizer, data_args, key_parts=(), 
     report = PreprocessReport()
     if not isinstance(rows, Dataset):  # streaming: tokenized lazily, never cached
         ds = _map_rows(rows, stage, template, tokenizer, data_args, None, desc)
-        if stage == "pt":
+        if _is_document(stage):
             return ds, report
         return ds.filter(lambda r: not r["_drop"]).remove_columns(["_drop", "_cut"]), report
 
@@ -310,7 +293,7 @@ def tokenize_rows(rows, *, stage, template, tokenizer, data_args, key_parts=(), 
             return ds, report
     workers = num_proc if num_proc and num_proc > 1 and len(rows) > MIN_ROWS_FOR_WORKERS else None
     ds = _map_rows(rows, stage, template, tokenizer, data_args, workers, desc)
-    if stage != "pt":
+    if not _is_document(stage):
         report.dropped = Counter(d for d in ds["_drop"] if d)
         report.truncated = sum(ds["_cut"])
         if report.dropped:

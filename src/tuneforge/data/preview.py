@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 
 from ..errors import ConfigError
+from ..stages import row_shape
 
 IGNORE = -100
 USAGE = ("usage: tuneforge data preview CONFIG.yaml [key=value ...] [--num N] [--json]  "
@@ -192,7 +193,7 @@ def summary_lines(data, stage: str, data_args) -> list[str]:
         out += [line for line in data.load_lines if "tokenized data" in line]
     if rep is not None and not load.streaming:
         kept = f"rows kept: {rep.examples} examples"
-        if stage == "pt":
+        if row_shape(stage).name == "document":
             kept = f"rows kept: {rep.rows_in} documents, cut into {rep.examples} blocks"
         out.append(kept)
         out.append(f"truncated: {rep.truncated} (cut to fit cutoff_len {data_args.cutoff_len})")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .conversation import Conversation, Message
 from .encode import TokenTurn, encode_rendered
 from .templates.base import Template
-from .truncate import fit_turns
+from .truncate import cut_keeping_tail, fit_turns, proportional_lengths
 
 IGNORE = -100
 
@@ -78,19 +78,42 @@ def unsupervised_example(template, tokenizer, conv: Conversation, opts: Processo
 
 
 def pairwise_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
-    """rm/dpo: chosen and rejected completions of one shared prompt."""
+    """rm/dpo: a chosen and a rejected response to one shared prompt; only the responses are supervised.
+
+    Truncation follows SFT's rule for a conversation whose last turn is trained (mask_history): earlier
+    turns are dropped from the front while the sequence is too long; a last turn that is still too long has
+    its prompt and responses cut, the prompt and the longer response in proportion, so that both sequences
+    keep the same prompt and each fits cutoff_len."""
     if conv.chosen is None or conv.rejected is None:
         return "no chosen/rejected pair", False
+    sides = {key: encode_conversation(template, tokenizer, conv, conv.messages + [answer])[0]
+             for key, answer in (("chosen", conv.chosen), ("rejected", conv.rejected))}
+    longer = max(len(turns[-1].response) for turns in sides.values())
     out, truncated = {}, False
-    for key, answer in (("chosen", conv.chosen), ("rejected", conv.rejected)):
-        turns, _ = encode_conversation(template, tokenizer, conv, conv.messages + [answer])
-        kept, cut = fit_turns(turns, opts.cutoff_len)
-        truncated |= cut
-        if len(kept) < len(turns):  # the answer itself was dropped to fit the history
-            return "answer does not fit cutoff_len", truncated
-        input_ids, labels = _assemble(kept, ProcessorOptions(opts.cutoff_len, opts.train_on_prompt, True))
+    for key, turns in sides.items():
+        history, last = _fit_last_turn(turns[:-1], turns[-1], longer, opts.cutoff_len)
+        truncated |= len(history) < len(turns) - 1 or len(last.prompt) + len(last.response) < \
+            len(turns[-1].prompt) + len(turns[-1].response)
+        input_ids, labels = _assemble(history + [last], ProcessorOptions(opts.cutoff_len, False, True))
+        if all(label == IGNORE for label in labels):
+            return "no response token left after truncation", truncated
         out[f"{key}_input_ids"], out[f"{key}_labels"] = input_ids, labels
     return out, truncated
+
+
+def _fit_last_turn(history: list[TokenTurn], last: TokenTurn, response_len: int, budget: int):
+    """(history, last turn) that fit `budget` when the last turn's response takes `response_len` tokens."""
+    def size(turns):
+        return sum(len(t.prompt) + len(t.response) for t in turns) + len(last.prompt) + response_len
+
+    while history and size(history) > budget:
+        history = history[1:]
+    if size(history) <= budget:
+        return history, last
+    n_prompt, n_response = proportional_lengths(len(last.prompt), response_len, budget)
+    return [], TokenTurn(cut_keeping_tail(last.prompt, n_prompt, last.prompt_tail),
+                         cut_keeping_tail(last.response, n_response, last.response_tail),
+                         last.prompt_tail, last.response_tail)
 
 
 def kto_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
@@ -126,3 +149,29 @@ def cut_blocks(docs: list[list[int]], cutoff_len: int, concatenate: bool) -> lis
     stream = [i for d in docs for i in d]
     blocks = [stream[i : i + cutoff_len] for i in range(0, len(stream), cutoff_len)]
     return [b for b in blocks if len(b) > 1]
+
+
+def response_start(labels: list[int]) -> int:
+    """Where the supervised response of a one-response example (kto) begins."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+
+
+def add_kl_pairs(dataset, cutoff_len: int, seed: int = 42):
+    """kto: gives every example a mismatched pair for the KL estimate, its prompt with another example's
+    response (kl_input_ids, kl_labels), cut to cutoff_len. The partner is the next example in a seeded
+    shuffle of the dataset, fixed once so that precomputed reference log-probabilities stay valid."""
+    import random
+
+    ids, labels = dataset["input_ids"], dataset["labels"]
+    order = list(range(len(ids)))
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    kl_ids, kl_labels = [], []
+    for i in range(len(ids)):
+        j = partner[i]
+        prompt = ids[i][: response_start(labels[i])]
+        start = response_start(labels[j])
+        room = max(cutoff_len - len(prompt), 1)
+        kl_ids.append(prompt + ids[j][start:][:room])
+        kl_labels.append([IGNORE] * len(prompt) + labels[j][start:][:room])
+    return dataset.add_column("kl_input_ids", kl_ids).add_column("kl_labels", kl_labels)

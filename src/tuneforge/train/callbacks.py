@@ -11,27 +11,27 @@ from transformers import TrainerCallback
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..models.adapters import base_model
-from .throughput import attention_flops, mfu
+from .throughput import mfu
 
 
 class ThroughputLogCallback(TrainerCallback):
-    """Adds tokens/s, supervised tokens/s and MFU to every log and appends each log to trainer_log.jsonl."""
+    """Adds tokens/s, supervised tokens/s and MFU to every log and appends each log (with the stage's own
+    metrics) to trainer_log.jsonl."""
 
-    def __init__(self, trainer, flops_per_token: float, peak_flops: float, layers: int, hidden: int,
-                 head_flops_per_supervised: float = 0.0):
+    STANDARD = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "supervised_tokens_per_s", "mfu", "eval_loss")
+
+    def __init__(self, trainer, flop_model, peak_flops: float):
         self.trainer = trainer
-        self.flops_per_token = flops_per_token
-        self.head_flops = head_flops_per_supervised
+        self.flop_model = flop_model
         self.peak_flops = peak_flops
-        self.layers, self.hidden = layers, hidden
         self.start = self.last_time = None
-        self.last_tokens = self.last_sup = 0
+        self.last = (0, 0, 0, 0)
         self.path = None
         self.total_flops = 0.0  # estimated, all processes, for the end-of-run MFU
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.perf_counter()
-        self.last_tokens, self.last_sup = self.trainer.global_counts()
+        self.last = self.trainer.global_counts()
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
             self.path = os.path.join(args.output_dir, "trainer_log.jsonl")
@@ -40,13 +40,16 @@ class ThroughputLogCallback(TrainerCallback):
 
     def _take_counts(self, world: int) -> tuple[int, int, float]:
         """Tokens, supervised tokens and FLOPs since the last call (all processes); adds to total_flops."""
-        total, total_sup = self.trainer.global_counts()
-        tokens, sup = total - self.last_tokens, total_sup - self.last_sup
-        attention = attention_flops(self.trainer.example_lengths, self.layers, self.hidden) * world
-        flops = tokens * self.flops_per_token + sup * self.head_flops + attention
+        now = self.trainer.global_counts()
+        tokens, sup, fwd_tokens, fwd_sup = (a - b for a, b in zip(now, self.last))
+        # Sequence lengths are this process's; the attention FLOPs of the others are taken to be alike.
+        t = self.trainer
+        flops = self.flop_model.flops(tokens, sup, [], fwd_tokens, fwd_sup) + world * (
+            self.flop_model.flops(0, 0, t.example_lengths, 0, 0, t.forward_example_lengths))
         self.total_flops += flops
-        self.trainer.example_lengths.clear()
-        self.last_tokens, self.last_sup = total, total_sup
+        t.example_lengths.clear()
+        t.forward_example_lengths.clear()
+        self.last = now
         return tokens, sup, flops
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -70,10 +73,14 @@ class ThroughputLogCallback(TrainerCallback):
         elapsed = now - self.start
         done = state.global_step / state.max_steps if state.max_steps else 0
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
-        for key in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "supervised_tokens_per_s", "mfu", "eval_loss"):
+        for key in self.STANDARD:
             if key in logs:
                 record["lr" if key == "learning_rate" else key] = _plain(logs[key])
-        if "eval_loss" in logs:
+        for name in self.trainer.metric_names:  # the stage's metrics: accuracy, rewards/..., and their eval_
+            for key in (name, f"eval_{name}"):
+                if key in logs:
+                    record[key] = _plain(logs[key])
+        if "eval_loss" in logs and getattr(self.trainer.objective, "is_cross_entropy", False):
             record["eval_perplexity"] = _perplexity(logs["eval_loss"])
         record["elapsed_s"] = round(elapsed, 2)
         record["eta_s"] = round(elapsed / done - elapsed, 2) if done > 0 else None

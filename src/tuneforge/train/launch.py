@@ -46,7 +46,7 @@ def maybe_relaunch(argv: list[str]) -> int | None:
     s = launch_settings(argv)
     if s is None:
         return None
-    from .runner import check_output_dir, parse_train_args
+    from .common import check_output_dir, parse_train_args
 
     # Config mistakes are reported here, once and in one line, rather than by every worker under torchrun.
     args = parse_train_args(argv)

@@ -84,20 +84,45 @@ def linear_cross_entropy(hidden, weight, targets, chunk_size: int = 1024) -> tor
 
 
 class TokenLogprobs(torch.autograd.Function):
-    """log p(target_i | hidden_i) per position, chunkwise; the backward recomputes each chunk."""
+    """log p(target_i | hidden_i) per position, chunkwise.
+
+    A loss built on these values weighs each position by a factor known only after the forward pass (in
+    DPO, a function of the whole pair's log-probabilities), so the gradient cannot be folded in as
+    LinearCrossEntropy does. When the LM head is frozen (LoRA, freeze tuning) the gradient of each value
+    with respect to its hidden state, W[target] - softmax @ W, is computed in the forward pass while the
+    chunk's probabilities are at hand, and the backward pass only scales it: no second projection. When
+    the head itself trains, the backward pass recomputes each chunk."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_base = torch.empty_like(hidden) if need_h and not need_w else None
+        same_dtype = hidden.dtype == weight.dtype
+        buf = _logits_buffer(min(chunk_size, hidden.shape[0]), weight.shape[0], hidden) if same_dtype else None
         for a, b in _chunks(hidden.shape[0], chunk_size):
-            logits = (hidden[a:b] @ weight.t()).float()
-            out[a:b] = logits.gather(1, targets[a:b, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-        ctx.save_for_backward(hidden, weight, targets)
+            h = hidden[a:b]
+            logits = torch.mm(h, weight.t(), out=buf[: b - a]) if buf is not None else (h @ weight.t()).float()
+            picked = logits.gather(1, targets[a:b, None]).squeeze(1)
+            peak = logits.amax(dim=-1, keepdim=True)
+            norm = logits.sub_(peak).exp_().sum(dim=-1, keepdim=True)
+            out[a:b] = picked - peak.squeeze(1) - norm.squeeze(1).log()
+            if grad_base is not None:
+                probs = logits.div_(norm).to(hidden.dtype)
+                grad_base[a:b] = weight[targets[a:b]] - probs @ weight  # d log p / d hidden
+        if grad_base is not None:
+            ctx.save_for_backward(grad_base)
+        elif need_h or need_w:
+            ctx.save_for_backward(hidden, weight, targets)
+        ctx.precomputed = grad_base is not None
         ctx.chunk_size = chunk_size
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.precomputed:
+            (grad_base,) = ctx.saved_tensors
+            return grad_base * grad_out[:, None].to(grad_base.dtype), None, None, None
         hidden, weight, targets = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.empty_like(hidden) if need_h else None
@@ -116,6 +141,9 @@ class TokenLogprobs(torch.autograd.Function):
 
 
 def token_logprobs(hidden, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
+    """log p(target_i | hidden_i); hidden (N, H), weight (V, H), targets (N,)."""
+    if hidden.shape[0] == 0:
+        return hidden.sum(dim=-1) * 0 + weight.sum() * 0
     return TokenLogprobs.apply(hidden, weight, targets, chunk_size)
 
 

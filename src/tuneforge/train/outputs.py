@@ -8,7 +8,7 @@ import os
 from ..models.adapters import base_model
 
 
-def finish_outputs(args, trainer, tokenizer, template, eos_ids: list[int]) -> None:
+def finish_outputs(args, trainer, tokenizer, template, eos_ids: list[int], plots: dict | None = None) -> None:
     out = args.training.output_dir
     jinja = template.jinja(tokenizer)
     if jinja:
@@ -22,9 +22,9 @@ def finish_outputs(args, trainer, tokenizer, template, eos_ids: list[int]) -> No
         gen.pad_token_id = tokenizer.pad_token_id
     gen.save_pretrained(out)
     if args.finetune.plot_loss:
-        from .plotting import plot_losses
+        from .plotting import plot_losses, plot_metrics
 
-        for path in plot_losses(out):
+        for path in plot_losses(out) + plot_metrics(out, plots or {}):
             print(f"[plot] {path}")
 
 
@@ -34,8 +34,11 @@ def print_summary(args, results: dict) -> None:
         ("train_loss", "final training loss"), ("train_runtime", "runtime (s)"),
         ("train_tokens_per_second", "real tokens/s"), ("train_supervised_tokens_per_second", "supervised tokens/s"),
         ("train_mfu", "MFU"), ("eval_loss", "eval loss"),
-        ("eval_perplexity", "eval perplexity"),
+        ("eval_perplexity", "eval perplexity"), ("eval_accuracy", "eval accuracy"),
+        ("eval_rewards/accuracies", "eval reward accuracy"), ("eval_rewards/margins", "eval reward margin"),
     ]
     print("[done] " + ", ".join(f"{label} {results[k]:.4g}" for k, label in keys if k in results))
     kind = "adapter" if args.finetune.finetuning_type == "lora" else "model"
+    if args.finetune.stage == "rm":
+        kind += " and value head"
     print(f"[done] {kind} saved to {os.path.abspath(out)}")

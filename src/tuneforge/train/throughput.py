@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -37,8 +38,30 @@ def body_parameters(model) -> tuple[int, int]:
     return sum(map(param_numel, params)), sum(param_numel(p) for p in params if p.requires_grad)
 
 
-def attention_flops(example_lengths: list[int], layers: int, hidden: int) -> float:
-    return 6.0 * layers * hidden * sum(s * s for s in example_lengths)
+def attention_flops(example_lengths: list[int], layers: int, hidden: int, passes: int = 3) -> float:
+    """passes: 3 for a trained sequence (forward and backward), 1 for a forward-only one."""
+    return 2.0 * passes * layers * hidden * sum(s * s for s in example_lengths)
+
+
+@dataclass
+class FlopModel:
+    """FLOPs of a step from what it ran: tokens trained on (forward and backward), supervised positions
+    (the LM head), and tokens run forward only (a reference model's pass: 2N per token, 2 x vocab x hidden
+    per supervised position)."""
+
+    per_token: float  # dense FLOPs per trained token
+    per_supervised: float  # LM head FLOPs per trained supervised position
+    forward_per_token: float
+    forward_per_supervised: float
+    layers: int
+    hidden: int
+
+    def flops(self, tokens: int, supervised: int, lengths: list[int], forward_tokens: int = 0,
+              forward_supervised: int = 0, forward_lengths: list[int] = ()) -> float:
+        return (tokens * self.per_token + supervised * self.per_supervised
+                + attention_flops(lengths, self.layers, self.hidden)
+                + forward_tokens * self.forward_per_token + forward_supervised * self.forward_per_supervised
+                + attention_flops(list(forward_lengths), self.layers, self.hidden, passes=1))
 
 
 def measure_peak_flops(size: int = 1024, repeats: int = 3, device: str = "cpu", dtype=None) -> float:

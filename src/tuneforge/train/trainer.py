@@ -1,9 +1,18 @@
-"""transformers.Trainer with this project's loss: supervised positions only, chunked LM head, normalised by
-the supervised-token count of the whole accumulated batch (so batch x accumulation does not change it)."""
+"""transformers.Trainer with the stage's objective passed in.
+
+An objective computes, for one micro-batch, the *sum* of its per-item losses (items: supervised tokens
+for sft/pt, pairs for rm/dpo, examples for kto), how many items it holds, and metrics to log. The Trainer
+divides by the item count of the whole accumulated batch, so batch x accumulation does not change the
+loss, and averages the metrics over each logging window (across processes too). It also counts the real
+tokens each step trains on (and the tokens only run forward, such as a reference model's) for the
+throughput meter, and batches by length or token budget when asked.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer
@@ -13,16 +22,56 @@ from ..models.varlen_attention import example_bounds
 from .loss import linear_cross_entropy
 
 _NO_LOGITS = torch.tensor([], dtype=torch.long)
+MODEL_KEYS = ("input_ids", "position_ids", "attention_mask")
 
 
 class NonFiniteLossError(TuneforgeError):
     pass
 
 
-def output_head(model):
-    while hasattr(model, "module"):  # DDP / accelerate wrappers
+@dataclass
+class LossOutput:
+    """What an objective returns for one micro-batch.
+
+    total: sum of the per-item losses (a scalar tensor with a graph in training).
+    items: how many items it sums over.
+    lengths: real token count of every sequence trained on (for tokens/s and attention FLOPs).
+    supervised: positions where the LM head ran with a gradient.
+    forward_lengths / forward_supervised: the same for passes run without a gradient (reference model, KL).
+    metrics: name -> (sum, count), averaged per logging window.
+    """
+
+    total: torch.Tensor
+    items: int
+    lengths: list[int]
+    supervised: int = 0
+    forward_lengths: list[int] = field(default_factory=list)
+    forward_supervised: int = 0
+    metrics: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+def unwrap(model):
+    while hasattr(model, "module"):  # DDP / accelerate / DeepSpeed wrappers
         model = model.module
+    return model
+
+
+def output_head(model):
+    model = unwrap(model)
     return model.get_output_embeddings(), model.config
+
+
+def model_inputs(inputs: dict, prefix: str = "") -> dict:
+    """The tensors the model's forward takes, from a batch whose keys may carry a prefix ("kl_")."""
+    return {k: inputs[prefix + k] for k in MODEL_KEYS if prefix + k in inputs}
+
+
+def sequence_lengths(inputs: dict, prefix: str = "") -> list[int]:
+    """Real (non-padding) token count of every sequence in a padded or padding-free batch."""
+    if prefix + "attention_mask" in inputs:
+        return [int(n) for n in inputs[prefix + "attention_mask"].sum(dim=1).tolist()]
+    bounds = example_bounds(inputs[prefix + "position_ids"])
+    return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
 def supervised_hidden(model, inputs: dict):
@@ -59,26 +108,76 @@ def supervised_loss_sum_sharded(model, inputs: dict) -> tuple[torch.Tensor, int]
     return loss, int((picked != -100).sum())
 
 
+class SupervisedObjective:
+    """pt/sft: next-token cross-entropy summed over supervised tokens."""
+
+    is_cross_entropy = True  # so exp(eval_loss) is a perplexity
+
+    def __init__(self, chunk_size: int = 1024):
+        self.chunk_size = chunk_size
+        self.sharded = False  # set by the Trainer
+
+    def count_items(self, batch: dict) -> torch.Tensor:
+        return batch["shift_labels"].ne(-100).sum()
+
+    def __call__(self, model, inputs: dict) -> LossOutput:
+        batch = {**model_inputs(inputs), "shift_labels": inputs["shift_labels"]}
+        if self.sharded:
+            total, n = supervised_loss_sum_sharded(model, batch)
+        else:
+            total, n = supervised_loss_sum(model, batch, self.chunk_size)
+        return LossOutput(total, n, sequence_lengths(inputs), supervised=n)
+
+
+class WindowMetrics:
+    """Sums and counts of an objective's metrics since they were last read, kept apart for train and eval."""
+
+    def __init__(self):
+        self.sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.counts = {"train": defaultdict(int), "eval": defaultdict(int)}
+
+    def add(self, mode: str, metrics: dict[str, tuple[float, int]]) -> None:
+        for name, (total, count) in metrics.items():
+            self.sums[mode][name] += float(total)
+            self.counts[mode][name] += int(count)
+
+    def take(self, mode: str, reduce=None) -> dict[str, float]:
+        """Averages since the last take (summed over processes by `reduce`), and starts a new window."""
+        names = sorted(self.sums[mode])
+        sums, counts = self.sums[mode], self.counts[mode]
+        self.sums[mode], self.counts[mode] = defaultdict(float), defaultdict(int)
+        if reduce is not None:
+            values = reduce([sums[n] for n in names] + [counts[n] for n in names])
+            sums = dict(zip(names, values[: len(names)]))
+            counts = dict(zip(names, values[len(names):]))
+        return {n: round(sums[n] / counts[n], 6) for n in names if counts[n]}
+
+
 class TuneforgeTrainer(Trainer):
-    def __init__(self, *args, loss_chunk_size: int = 1024, length_sampler=None, batch_sampler=None, **kwargs):
+    def __init__(self, *args, objective, length_sampler=None, batch_sampler=None, metric_names=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_chunk_size = loss_chunk_size
+        self.objective = objective
+        # Under DeepSpeed or FSDP the LM head is whole only inside the model's forward (see *_sharded).
+        objective.sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
         self.length_sampler = length_sampler
         self.batch_sampler = batch_sampler  # token-budget batches replace the fixed batch size
+        self.metric_names = tuple(metric_names)  # the objective's metrics, for trainer_log.jsonl
         self.loss_is_scaled_for_ga = True
-        self.tokens_seen = 0  # real (non-padding) input tokens on this process
+        self.tokens_seen = 0  # real (non-padding) input tokens trained on, this process
         self.supervised_seen = 0
+        self.forward_tokens_seen = 0  # tokens run forward without a gradient (reference, KL)
+        self.forward_supervised_seen = 0
         self.example_lengths: list[int] = []  # since the last log, for attention FLOPs
+        self.forward_example_lengths: list[int] = []
+        self.window = WindowMetrics()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            loss_sum, n_sup = supervised_loss_sum_sharded(model, inputs)
-        else:
-            loss_sum, n_sup = supervised_loss_sum(model, inputs, self.loss_chunk_size)
+        out = self.objective(model, inputs)
         if model.training:
-            self._count(inputs, n_sup)
-        denom = num_items_in_batch if num_items_in_batch is not None else max(n_sup, 1)
-        loss = loss_sum / denom
+            self._count(out)
+        self.window.add("train" if model.training else "eval", out.metrics)
+        denom = num_items_in_batch if num_items_in_batch is not None else max(out.items, 1)
+        loss = out.total / denom
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if not math.isfinite(loss.item()):
@@ -90,32 +189,43 @@ class TuneforgeTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
-        """Supervised targets in the whole accumulated batch (all processes when averaging across them), the
-        denominator that makes batch x accumulation not matter. Counted here because the Trainer only
-        counts batches that carry `labels`."""
+        """Items (supervised tokens, pairs or examples) in the whole accumulated batch (all processes when
+        averaging across them): the denominator that makes batch x accumulation not matter."""
         if not batch_samples or "shift_labels" not in batch_samples[0]:
             return None
-        count = sum(b["shift_labels"].ne(-100).sum() for b in batch_samples).to(device)
+        count = sum(torch.as_tensor(self.objective.count_items(b)) for b in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
 
-    def _count(self, inputs, n_sup: int):
-        if "attention_mask" in inputs:
-            lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        else:
-            bounds = example_bounds(inputs["position_ids"])
-            lengths = [b - a for a, b in zip(bounds, bounds[1:])]
-        self.tokens_seen += int(sum(lengths))
-        self.supervised_seen += int(n_sup)
-        self.example_lengths.extend(int(n) for n in lengths)
+    def _count(self, out: LossOutput) -> None:
+        self.tokens_seen += int(sum(out.lengths))
+        self.supervised_seen += int(out.supervised)
+        self.example_lengths.extend(out.lengths)
+        self.forward_tokens_seen += int(sum(out.forward_lengths))
+        self.forward_supervised_seen += int(out.forward_supervised)
+        self.forward_example_lengths.extend(out.forward_lengths)
 
-    def global_counts(self) -> tuple[int, int]:
-        """(real tokens, supervised tokens) seen by all processes; a collective call under DDP."""
-        counts = torch.tensor([self.tokens_seen, self.supervised_seen], dtype=torch.long, device=self.args.device)
-        if self.args.world_size > 1:
-            counts = self.accelerator.reduce(counts, reduction="sum")
-        return int(counts[0]), int(counts[1])
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        if self.args.world_size <= 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.args.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def global_counts(self) -> tuple[int, int, int, int]:
+        """(tokens trained on, supervised tokens, tokens run forward only, their supervised positions), all
+        processes; a collective call under DDP."""
+        values = [self.tokens_seen, self.supervised_seen, self.forward_tokens_seen, self.forward_supervised_seen]
+        return tuple(int(v) for v in self._sum_over_processes([float(v) for v in values]))
+
+    def log(self, logs: dict, start_time=None) -> None:
+        """Adds the objective's metrics, averaged over the window since the last log: to a training log
+        (it has "loss") as they are, to an evaluation's with the eval_ prefix."""
+        if "loss" in logs:
+            logs.update(self.window.take("train", self._sum_over_processes))
+        elif "eval_loss" in logs:
+            logs.update({f"eval_{k}": v for k, v in self.window.take("eval", self._sum_over_processes).items()})
+        super().log(logs, start_time)
 
     def get_train_dataloader(self):
         if self.batch_sampler is None:
