@@ -179,6 +179,17 @@ def test_preference_and_kto_rows(tmp_path, tiny_model_dir, monkeypatch, capsys):
     assert "-- desirable" in out and "[[a fine answer<|im_end|>\n]]" in out
 
 
+def test_a_pair_with_nothing_to_prefer_is_dropped_and_counted(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("TUNEFORGE_DATA_CACHE", str(tmp_path / "cache"))
+    rows = [{"instruction": "pick one", "chosen": "good answer", "rejected": "bad answer"},
+            {"instruction": "pick again", "chosen": "same answer", "rejected": "same answer"}]
+    write_jsonl(tmp_path / "pref.jsonl", rows)
+    code, out, err = run(capsys, f"model_name_or_path={tiny_model_dir}", "stage=rm",
+                         f"dataset={tmp_path / 'pref.jsonl'}")
+    assert code == 0, err
+    assert "chosen equals rejected (nothing to prefer): 1" in out and "rows kept: 1 examples" in out
+
+
 def test_bad_num_and_usage(project, capsys):
     code, _, err = run(capsys, project, "--num", "many")
     assert code == 1 and err.startswith("error: --num 'many' must be a whole number")

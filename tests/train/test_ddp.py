@@ -36,3 +36,22 @@ def test_two_process_ddp_equals_one_process_double_batch(tiny_model_dir, data_fi
     results = json.load(open(os.path.join(two, "all_results.json")))
     assert results["train_tokens"] == json.load(open(os.path.join(one, "all_results.json")))["train_tokens"]
     assert "[done]" in proc.stdout
+
+
+def test_two_process_reward_model_equals_one_process(tiny_model_dir, tmp_path):
+    """The value head is used outside the model's forward; DDP must still average its gradients, and the
+    logged accuracy is summed over both processes."""
+    from tests.train.preference_data import separable_pairs, write
+    from tests.train.test_preference_stages import pref_args, records
+
+    env = dict(os.environ, TUNEFORGE_DATA_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env.pop("LOCAL_RANK", None)
+    pairs = write(tmp_path, "pairs.json", separable_pairs(16))
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    common = dict(stage="rm", max_steps=4, learning_rate=1e-2)
+    _run(pref_args(tiny_model_dir, pairs, one, per_device_train_batch_size=4, **common), env)
+    _run(pref_args(tiny_model_dir, pairs, two, per_device_train_batch_size=2, nproc_per_node=2,
+                   master_port=_free_port(), **common), env)
+    for key in ("loss", "accuracy", "scores/chosen"):
+        assert [r[key] for r in records(two)] == pytest.approx([r[key] for r in records(one)], abs=1e-5), key
+    assert len({r["loss"] for r in records(one)}) == 4

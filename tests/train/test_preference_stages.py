@@ -246,3 +246,33 @@ def test_unused_preference_keys_are_warned_about(tiny_model_dir, data, tmp_path,
     run_train(pref_args(tiny_model_dir, data["pairs"], str(tmp_path / "rm"), stage="rm", max_steps=1,
                         pref_loss="sigmoid", simpo_gamma=1.0))
     assert any("pref_beta, pref_loss, simpo_gamma: no effect with stage rm" in r.getMessage() for r in caplog.records)
+
+
+def test_dpo_with_checkpointing_streaming_and_length_batches(tiny_model_dir, data, tmp_path):
+    a, b = str(tmp_path / "gc"), str(tmp_path / "nogc")
+    run_train(pref_args(tiny_model_dir, data["pairs"], a, gradient_checkpointing=True))
+    run_train(pref_args(tiny_model_dir, data["pairs"], b, gradient_checkpointing=False))
+    assert column(a, "loss") == pytest.approx(column(b, "loss"), abs=1e-5)
+    stream = str(tmp_path / "stream")
+    run_train(pref_args(tiny_model_dir, data["pairs"], stream, streaming=True, max_steps=3))
+    assert len(column(stream, "loss")) == 3 and column(stream, "loss")[0] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_length_batches_count_both_responses_of_a_pair(tiny_model_dir, data):
+    from tuneforge.config.parser import build_args, read_sources
+    from tuneforge.models.loader import load_tokenizer
+    from tuneforge.data.prepare import prepare_datasets
+    from tuneforge.data.templates import get_template
+    from tuneforge.train.common import length_samplers
+
+    args, _ = build_args(read_sources(pref_args(tiny_model_dir, data["pairs"], "unused", token_budget=200)),
+                         with_training=True)
+    args.training, args.extra = type("T", (), {"seed": 7, "per_device_train_batch_size": 4, "world_size": 1})(), {}
+    tokenizer = load_tokenizer(args.model)
+    train = prepare_datasets(args.data, "dpo", tokenizer, get_template("auto", tokenizer), seed=7).train
+    _, batches = length_samplers(args, train, ("chosen_input_ids", "rejected_input_ids"))
+    sizes = [len(train[i]["chosen_input_ids"]) + len(train[i]["rejected_input_ids"]) for i in range(len(train))]
+    listed = list(batches)
+    assert sorted(i for b in listed for i in b) == list(range(len(train)))
+    assert all(sum(sizes[i] for i in b) <= 200 or len(b) == 1 for b in listed)
+    assert max(len(b) for b in listed) > 1

@@ -239,6 +239,11 @@ def training_arguments(args, train_kwargs: dict):
     kw.setdefault("ddp_timeout", 7 * 24 * 3600)
     if kw.get("eval_strategy", "no") != "no" or args.data.val_size or args.data.eval_dataset:
         kw.setdefault("do_eval", True)
+    if args.data.streaming and get_stage(args.finetune.stage).shape.name in ("pairwise", "kto"):
+        # accelerate's dispatching of a streamed dataset concatenates and re-slices batches along their first
+        # dimension, which per-pair tensors (num_items, reference log-probabilities) do not share with the
+        # packed sequences; each process reading its own batches needs no re-slicing.
+        kw.setdefault("accelerator_config", {"dispatch_batches": False})
     try:
         return Seq2SeqTrainingArguments(**kw)
     except (ValueError, TypeError) as e:

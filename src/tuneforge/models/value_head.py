@@ -1,9 +1,10 @@
 """The scalar value head of a reward model, and loading a reward model back from its folder.
 
 A `stage: rm` run leaves in its output_dir what every run does (the adapter or the model, the tokenizer
-with the chat template used) plus `value_head.safetensors`: one linear layer hidden -> 1 (float32),
-applied to the final hidden state of a sequence's last token. Its metadata records how it was trained,
-so a later stage or the API can load the reward model by its folder alone.
+with the chat template used) plus `value_head.safetensors`: one linear layer hidden -> 1 (float32, no
+bias: the pairwise loss depends only on score differences, so a bias would get no gradient and drift
+with the optimiser's noise), applied to the final hidden state of a sequence's last token. Its metadata
+records how it was trained, so a later stage or the API can load the reward model by its folder alone.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ def hidden_size(model) -> int:
 
 def new_value_head(hidden: int, seed: int = 42) -> nn.Linear:
     """hidden -> 1, float32, small random weights so every layer gets a gradient from the first step."""
-    head = nn.Linear(hidden, 1, dtype=torch.float32)
+    head = nn.Linear(hidden, 1, bias=False, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5, generator=generator)
-        head.bias.zero_()
     return head
 
 
@@ -62,8 +62,7 @@ def save_value_head(head: nn.Linear, folder: str, meta: dict | None = None) -> s
     from safetensors.torch import save_file
 
     path = Path(folder) / VALUE_HEAD_FILE
-    tensors = {"weight": head.weight.detach().float().cpu().contiguous(),
-               "bias": head.bias.detach().float().cpu().contiguous()}
+    tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
     save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
     return str(path)
 
@@ -83,14 +82,14 @@ def load_value_head(folder: str | Path, key: str = "reward_model") -> tuple[nn.L
             "of a `stage: rm` run"
         )
     with safe_open(str(path), framework="pt") as f:
-        weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+        weight = f.get_tensor("weight") if "weight" in f.keys() else None
         meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "format"}
-    if weight.ndim != 2 or weight.shape[0] != 1 or bias.shape != (1,):
-        raise ModelError(f"{key}: {path} holds a {tuple(weight.shape)} weight, not a hidden -> 1 value head")
-    head = nn.Linear(weight.shape[1], 1, dtype=torch.float32)
+    if weight is None or weight.ndim != 2 or weight.shape[0] != 1:
+        shape = "no weight" if weight is None else f"a {tuple(weight.shape)} weight"
+        raise ModelError(f"{key}: {path} holds {shape}, not a hidden -> 1 value head; retrain it with stage: rm")
+    head = nn.Linear(weight.shape[1], 1, bias=False, dtype=torch.float32)
     with torch.no_grad():
         head.weight.copy_(weight)
-        head.bias.copy_(bias)
     return head, meta
 
 

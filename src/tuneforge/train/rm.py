@@ -63,7 +63,6 @@ class RewardTrainer(TuneforgeTrainer):
         target = value_head_of(model if model is not None else self.model)
         with torch.no_grad():
             target.weight.copy_(head.weight)
-            target.bias.copy_(head.bias)
 
 
 def starting_head(args, model):
