@@ -58,11 +58,12 @@ def score(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     return head(hidden.to(head.weight.dtype)).squeeze(-1)
 
 
-def save_value_head(head: nn.Linear, folder: str, meta: dict | None = None) -> str:
+def save_value_head(weight: torch.Tensor, folder: str, meta: dict | None = None) -> str:
+    """Writes the head's (1, hidden) weight, with `meta` as the file's metadata."""
     from safetensors.torch import save_file
 
     path = Path(folder) / VALUE_HEAD_FILE
-    tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
+    tensors = {"weight": weight.detach().float().cpu().contiguous()}
     save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
     return str(path)
 

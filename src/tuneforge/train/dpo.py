@@ -64,7 +64,8 @@ class DPOObjective:
         sft = -policy.sums[:n] / counts[:n]
         if self.ftx:
             losses = losses + self.ftx * sft
-        values = torch.stack([chosen_rewards.sum(), rejected_rewards.sum(), (chosen_rewards > rejected_rewards).float().sum(),
+        won = (chosen_rewards > rejected_rewards).float()
+        values = torch.stack([chosen_rewards.sum(), rejected_rewards.sum(), won.sum(),
                               (chosen_rewards - rejected_rewards).sum(), policy.sums[:n].detach().sum(),
                               policy.sums[n:].detach().sum(), sft.detach().sum()]).tolist()
         names = METRICS if self.ftx else METRICS[:-1]

@@ -49,13 +49,19 @@ class RewardTrainer(TuneforgeTrainer):
 
     def _save(self, output_dir=None, state_dict=None):
         output_dir = output_dir or self.args.output_dir
+        head_key = f"{ATTRIBUTE}.weight"
+        # Under DeepSpeed ZeRO-3 the Trainer hands over the gathered state dict, the only whole copy of the
+        # (partitioned) head; otherwise the head's own weight is whole.
+        weight = next((v for k, v in (state_dict or {}).items() if k.endswith(head_key)), None)
+        if weight is None:
+            weight = value_head_of(self.model).weight
         if state_dict is None and not hasattr(self.model, "peft_config"):
-            state_dict = {k: v for k, v in self.model.state_dict().items() if not k.startswith(ATTRIBUTE + ".")}
-        elif state_dict is not None:
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(ATTRIBUTE + ".")}
+            state_dict = self.model.state_dict()
+        if state_dict is not None:
+            state_dict = {k: v for k, v in state_dict.items() if f"{ATTRIBUTE}." not in k}
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            save_value_head(value_head_of(self.model), output_dir, self.head_meta)
+            save_value_head(weight, output_dir, self.head_meta)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
