@@ -276,3 +276,15 @@ def test_length_batches_count_both_responses_of_a_pair(tiny_model_dir, data):
     assert sorted(i for b in listed for i in b) == list(range(len(train)))
     assert all(sum(sizes[i] for i in b) <= 200 or len(b) == 1 for b in listed)
     assert max(len(b) for b in listed) > 1
+
+
+def test_a_run_from_a_reward_model_folder_continues_its_value_head(tiny_model_dir, data, tmp_path, capsys):
+    first = str(tmp_path / "first")
+    run_train(pref_args(tiny_model_dir, data["pairs"], first, stage="rm", max_steps=30, learning_rate=3e-3))
+    again, fresh = str(tmp_path / "again"), str(tmp_path / "fresh")
+    capsys.readouterr()
+    run_train(pref_args(tiny_model_dir, data["pairs"], again, stage="rm", max_steps=1, adapter_name_or_path=first))
+    assert "value head continued from" in capsys.readouterr().out
+    run_train(pref_args(tiny_model_dir, data["pairs"], fresh, stage="rm", max_steps=1))
+    # The same first batch: the continued reward model already separates it, a fresh one does not.
+    assert column(again, "loss")[0] < 0.5 * column(fresh, "loss")[0]

@@ -173,7 +173,9 @@ def _check_reference_folders(p, at) -> None:
                 f"ref_model{at('ref_model')}: {p.ref_model} has no config.json, so it is not a model folder; give "
                 "the model to compare against (a model folder, .gguf file, alias or hub id)"
             )
-    for adapter in [a.strip() for a in str(p.ref_model_adapters or "").split(",") if a.strip()]:
+    from ..data.registry import split_names
+
+    for adapter in split_names(p.ref_model_adapters):
         if not os.path.isfile(os.path.join(os.path.expanduser(adapter), "adapter_config.json")):
             raise ConfigError(
                 f"ref_model_adapters{at('ref_model_adapters')}: {adapter} has no adapter_config.json; point it at "

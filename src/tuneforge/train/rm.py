@@ -74,9 +74,10 @@ class RewardTrainer(TuneforgeTrainer):
 def starting_head(args, model):
     """The value head to start from: the one of the reward model folder the run continues (an adapter
     given in adapter_name_or_path, or model_name_or_path itself), else a new one."""
+    from ..models.loader import parse_names
     from ..models.value_head import hidden_size, is_reward_model_dir, new_value_head
 
-    adapters = [a.strip() for a in str(args.model.adapter_name_or_path or "").split(",") if a.strip()]
+    adapters = parse_names(args.model.adapter_name_or_path)
     for folder, key in ([(adapters[-1], "adapter_name_or_path")] if adapters else []) + \
             [(args.model.model_name_or_path, "model_name_or_path")]:
         if folder and is_reward_model_dir(folder):
