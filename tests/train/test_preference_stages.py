@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from tests.tiny import save_tiny_model
+from tests.train.test_train_e2e import base_args
 from tests.train.preference_data import kto_rows, separable_pairs, write
 from tuneforge.cli import main
 from tuneforge.train.runner import run_train
@@ -29,15 +30,8 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 def pref_args(model_dir, dataset, out, **over):
-    cfg = {
-        "model_name_or_path": model_dir, "stage": "dpo", "finetuning_type": "lora", "dataset": dataset,
-        "template": "auto", "cutoff_len": 64, "output_dir": out, "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 1, "learning_rate": 5e-3, "max_steps": 4, "logging_steps": 1,
-        "save_strategy": "no", "report_to": "none", "seed": 7, "lora_rank": 4, "peak_tflops": 0.05,
-        "dataloader_num_workers": 0, "overwrite_output_dir": True, "pref_beta": 0.5,
-    }
-    cfg.update(over)
-    return [f"{k}={v}" for k, v in cfg.items()]
+    """test_train_e2e's command line, for stage dpo unless told otherwise."""
+    return base_args(model_dir, dataset, out, **{"stage": "dpo", "max_steps": 4, "pref_beta": 0.5, **over})
 
 
 def records(out, key="loss"):
@@ -227,13 +221,18 @@ def test_resume_continues_with_the_same_losses(tiny_model_dir, data, tmp_path, s
     ({"ref_model": "EMPTY"}, "has no config.json, so it is not a model folder"),
     ({"ref_model": "no/such/model-dir"}, "ref_model 'no/such/model-dir': no such file or folder"),
     ({"packing": True}, "packing (command line): stage dpo batches its sequences padding-free already"),
+    ({"pref_bco_weight": 0.5}, "pref_bco_weight (command line): BCO is not supported"),
+    ({"pref_loss": "ipo", "dpo_label_smoothing": 0.1}, "applies to pref_loss sigmoid only, not ipo"),
+    ({"stage": "kto", "dataset": "KTO", "streaming": True, "max_steps": 2}, "streaming (command line): stage kto pairs"),
+    ({"precompute_ref_logps": True, "streaming": True, "max_steps": 2}, "needs a dataset that is not streamed"),
 ])
 def test_bad_input_is_one_line(tiny_model_dir, data, tmp_path, capsys, extra, message):
     empty, adapter = tmp_path / "empty", tmp_path / "adapter"
     empty.mkdir()
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    names = {"SFT": data["sft"], "PAIRS": data["pairs"], "ADAPTER": str(adapter), "EMPTY": str(empty)}
+    names = {"SFT": data["sft"], "PAIRS": data["pairs"], "KTO": data["kto"], "ADAPTER": str(adapter),
+             "EMPTY": str(empty)}
     extra = {k: names.get(v, v) if isinstance(v, str) else v for k, v in extra.items()}
     extra.setdefault("dataset", data["pairs"])
     code = main(["train", *pref_args(tiny_model_dir, out=str(tmp_path / "x"), **extra)])
@@ -288,3 +287,44 @@ def test_a_run_from_a_reward_model_folder_continues_its_value_head(tiny_model_di
     run_train(pref_args(tiny_model_dir, data["pairs"], fresh, stage="rm", max_steps=1))
     # The same first batch: the continued reward model already separates it, a fresh one does not.
     assert column(again, "loss")[0] < 0.5 * column(fresh, "loss")[0]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("finetuning_type", "full", "needs a frozen reference copy, which is not supported under DeepSpeed ZeRO-3"),
+    ("fsdp", "true", "stage dpo is not supported with FSDP yet"),
+])
+def test_sharded_setups_not_supported_yet_are_refused(tiny_model_dir, data, key, value, message):
+    """Checked directly: on a machine without a GPU, DeepSpeed and FSDP are refused before these checks."""
+    from tuneforge.config.parser import build_args, read_sources
+    from tuneforge.config.validate import validate_stage_keys
+    from tuneforge.errors import ConfigError
+
+    ds3 = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "deepspeed", "ds_z3_config.json")
+    over = {key: value} | ({"deepspeed": ds3} if key == "finetuning_type" else {})
+    args, train_kwargs = build_args(read_sources(pref_args(tiny_model_dir, data["pairs"], "unused", **over)), True)
+    with pytest.raises(ConfigError, match=message):
+        validate_stage_keys(args, train_kwargs, lambda key: "")
+    ds2 = ds3.replace("z3", "z2")  # ZeRO-2 keeps whole weights on every process: a frozen copy works there
+    if key == "finetuning_type":
+        args, train_kwargs = build_args(read_sources(pref_args(tiny_model_dir, data["pairs"], "unused",
+                                                               finetuning_type="full", deepspeed=ds2)), True)
+        validate_stage_keys(args, train_kwargs, lambda key: "")
+
+
+def test_ref_model_adapters_and_quantization_are_used(tiny_model_dir, data, tmp_path, caplog):
+    sft = str(tmp_path / "sft")  # an adapter that moves the model away from its base
+    run_train(base_args(tiny_model_dir, data["sft"], sft, max_steps=4, learning_rate=1e-2))
+    with_adapter = str(tmp_path / "with-adapter")
+    run_train(pref_args(tiny_model_dir, data["pairs"], with_adapter, ref_model=tiny_model_dir,
+                        ref_model_adapters=sft, max_steps=1))
+    assert abs(records(with_adapter)[0]["loss"] - math.log(2)) > 1e-3  # the reference is base + adapter
+    quantized = str(tmp_path / "quantized")
+    run_train(pref_args(tiny_model_dir, data["pairs"], quantized, ref_model=tiny_model_dir,
+                        ref_model_quantization_bit=8, max_steps=1))
+    gap = abs(records(quantized)[0]["loss"] - math.log(2))
+    assert 1e-7 < gap < 0.05  # an 8-bit copy of the policy: close to it, not equal
+    # Continuing an adapter: the reference is the base without it, and the run says so.
+    run_train(pref_args(tiny_model_dir, data["pairs"], str(tmp_path / "continued"), adapter_name_or_path=sft,
+                        max_steps=1))
+    assert any("the reference is the base model without the adapter this run continues" in r.getMessage()
+               for r in caplog.records)

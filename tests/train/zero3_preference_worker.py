@@ -7,7 +7,6 @@ module. Prints one JSON line: the two losses and how far apart the gradients are
 """
 
 import json
-import os
 import sys
 
 import torch
@@ -57,26 +56,10 @@ def _load(args, tokenizer, kind):
 
 
 def main(model_dir: str, out_dir: str, finetuning_type: str, kind: str) -> None:
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-    import importlib
-
-    import deepspeed
-    from deepspeed.utils import safe_get_full_grad
-
-    from tuneforge.config.parser import build_args, read_sources
+    from tests.train.zero3_worker import full_grads, zero3_engine, zero3_setup
     from tuneforge.config.validate import training_arguments
-    from tuneforge.models.loader import load_tokenizer
 
-    ds_torch = importlib.import_module("deepspeed.comm.torch")
-    ds_torch.build_shm_op = lambda: None  # an optional shared-memory fast path that compiles C++ for a minute
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-
-    root = os.path.join(os.path.dirname(__file__), "..", "..")
-    argv = [f"model_name_or_path={model_dir}", f"finetuning_type={finetuning_type}", "lora_rank=4",
-            f"output_dir={out_dir}", "report_to=none", "per_device_train_batch_size=1",
-            f"deepspeed={os.path.join(root, 'examples', 'deepspeed', 'ds_z3_config.json')}"]
-    args, train_kwargs = build_args(read_sources(argv), with_training=True)
-    tokenizer = load_tokenizer(args.model)
+    args, train_kwargs, tokenizer = zero3_setup(model_dir, out_dir, finetuning_type)
     batch = _pairs(tokenizer)
 
     plain = _load(args, tokenizer, kind)  # before DeepSpeed is configured
@@ -85,14 +68,10 @@ def main(model_dir: str, out_dir: str, finetuning_type: str, kind: str) -> None:
     want = {n: p.grad.clone() for n, p in plain.named_parameters() if p.requires_grad}
 
     training = training_arguments(args, train_kwargs)  # registers ZeRO-3: from_pretrained now partitions
-    model = _load(args, tokenizer, kind)
-    hf_config = training.hf_deepspeed_config
-    hf_config.trainer_config_finalize(training, model, num_training_steps=1)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=hf_config.config)
+    engine = zero3_engine(training, _load(args, tokenizer, kind))
     out = _objective(kind, sharded=True)(engine, batch)
     engine.backward(out.total / out.items)
-    got = {name: safe_get_full_grad(p) for name, p in engine.module.named_parameters() if p.requires_grad}
+    got = full_grads(engine)
     print(json.dumps({
         "zero_stage": engine.zero_optimization_stage(),
         "loss": [plain_out.total.item(), out.total.item()],

@@ -47,31 +47,56 @@ def _check_example_configs(root: str, training, model) -> dict:
     return stages
 
 
-def main(model_dir: str, out_dir: str, finetuning_type: str) -> None:
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def zero3_setup(model_dir: str, out_dir: str, finetuning_type: str):
+    """One gloo process as DeepSpeed wants it, and the parsed config of a ZeRO-3 run: (args,
+    TrainingArguments kwargs, tokenizer). Building the TrainingArguments from them registers ZeRO-3."""
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
     import importlib
 
     import deepspeed
-    from deepspeed.utils import safe_get_full_grad
 
     from tuneforge.config.parser import build_args, read_sources
-    from tuneforge.config.validate import training_arguments
-    from tuneforge.models.adapters import count_parameters
-    from tuneforge.models.loader import load_model, load_tokenizer
-    from tuneforge.models.varlen_attention import use_varlen_attention
-    from tuneforge.train.throughput import body_parameters
-    from tuneforge.train.trainer import supervised_loss_sum, supervised_loss_sum_sharded
+    from tuneforge.models.loader import load_tokenizer
 
     ds_torch = importlib.import_module("deepspeed.comm.torch")
     ds_torch.build_shm_op = lambda: None  # an optional shared-memory fast path that compiles C++ for a minute
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
-
-    root = os.path.join(os.path.dirname(__file__), "..", "..")
     argv = [f"model_name_or_path={model_dir}", f"finetuning_type={finetuning_type}", "lora_rank=4",
             f"output_dir={out_dir}", "report_to=none", "per_device_train_batch_size=1",
-            f"deepspeed={os.path.join(root, 'examples', 'deepspeed', 'ds_z3_config.json')}"]
+            f"deepspeed={os.path.join(ROOT, 'examples', 'deepspeed', 'ds_z3_config.json')}"]
     args, train_kwargs = build_args(read_sources(argv), with_training=True)
-    tokenizer = load_tokenizer(args.model)
+    return args, train_kwargs, load_tokenizer(args.model)
+
+
+def zero3_engine(training, model):
+    """A DeepSpeed engine over `model`, configured from the TrainingArguments as the Trainer does it."""
+    import deepspeed
+
+    hf_config = training.hf_deepspeed_config
+    hf_config.trainer_config_finalize(training, model, num_training_steps=1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=hf_config.config)
+    return engine
+
+
+def full_grads(engine) -> dict:
+    from deepspeed.utils import safe_get_full_grad
+
+    return {name: safe_get_full_grad(p) for name, p in engine.module.named_parameters() if p.requires_grad}
+
+
+def main(model_dir: str, out_dir: str, finetuning_type: str) -> None:
+    from tuneforge.config.validate import training_arguments
+    from tuneforge.models.adapters import count_parameters
+    from tuneforge.models.loader import load_model
+    from tuneforge.models.varlen_attention import use_varlen_attention
+    from tuneforge.train.throughput import body_parameters
+    from tuneforge.train.trainer import supervised_loss_sum, supervised_loss_sum_sharded
+
+    args, train_kwargs, tokenizer = zero3_setup(model_dir, out_dir, finetuning_type)
     batch = _batch()
 
     torch.manual_seed(0)
@@ -87,16 +112,13 @@ def main(model_dir: str, out_dir: str, finetuning_type: str) -> None:
     use_varlen_attention(model)
     partitioned = model.get_input_embeddings().weight.numel() == 0  # the whole tensor lives in ds_tensor
     counts = count_parameters(model), body_parameters(model)
-    hf_config = training.hf_deepspeed_config
-    hf_config.trainer_config_finalize(training, model, num_training_steps=1)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=hf_config.config)
+    engine = zero3_engine(training, model)
     loss, n = supervised_loss_sum_sharded(engine, batch)
     engine.backward(loss)
-    got = {name: safe_get_full_grad(p) for name, p in engine.module.named_parameters() if p.requires_grad}
+    got = full_grads(engine)
     grad_diff = max((want[k] - got[k]).abs().max().item() for k in want)
     print(json.dumps({
-        "configs": _check_example_configs(root, training, model),
+        "configs": _check_example_configs(ROOT, training, model),
         "partitioned": partitioned, "zero_stage": engine.zero_optimization_stage(),
         "loss": [plain_loss.item(), loss.item()], "supervised": [plain_n, n],
         "counts": [[count_parameters(plain), body_parameters(plain)], counts],

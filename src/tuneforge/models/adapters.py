@@ -61,6 +61,13 @@ def apply_finetuning(model, model_args, finetune_args, is_trainable: bool):
     return model
 
 
+def unwrap(model):
+    """The model inside DDP / accelerate / DeepSpeed wrappers (a PEFT model stays a PEFT model)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def base_model(model):
     """The transformers model inside a PEFT wrapper, or the model itself."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

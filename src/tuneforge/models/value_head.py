@@ -48,9 +48,9 @@ def attach_value_head(model, head: nn.Linear) -> nn.Linear:
 
 
 def value_head_of(model) -> nn.Linear:
-    while not hasattr(model, ATTRIBUTE) and hasattr(model, "module"):
-        model = model.module  # DDP / DeepSpeed wrappers
-    return getattr(model, ATTRIBUTE)
+    from .adapters import unwrap
+
+    return getattr(unwrap(model), ATTRIBUTE)
 
 
 def score(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:

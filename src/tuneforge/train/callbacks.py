@@ -44,8 +44,8 @@ class ThroughputLogCallback(TrainerCallback):
         tokens, sup, fwd_tokens, fwd_sup = (a - b for a, b in zip(now, self.last))
         # Sequence lengths are this process's; the attention FLOPs of the others are taken to be alike.
         t = self.trainer
-        flops = self.flop_model.flops(tokens, sup, [], fwd_tokens, fwd_sup) + world * (
-            self.flop_model.flops(0, 0, t.example_lengths, 0, 0, t.forward_example_lengths))
+        flops = self.flop_model.dense(tokens, sup, fwd_tokens, fwd_sup) + world * self.flop_model.attention(
+            t.example_lengths, t.forward_example_lengths)
         self.total_flops += flops
         t.example_lengths.clear()
         t.forward_example_lengths.clear()

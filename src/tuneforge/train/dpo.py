@@ -14,7 +14,8 @@ from ..stages import row_shape
 from . import common
 from .logps import sequence_logps
 from .preference_loss import AVERAGED, dpo_loss
-from .trainer import LossOutput, sequence_lengths
+from .forward import sequence_lengths
+from .trainer import LossOutput
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected", "sft_loss")
@@ -31,7 +32,7 @@ class DPOObjective:
         self.kind = pref.pref_loss
         self.beta, self.smoothing, self.gamma, self.ftx = pref.pref_beta, pref.dpo_label_smoothing, \
             pref.simpo_gamma, pref.pref_ftx
-        self.needs_reference = pref.pref_loss not in ("orpo", "simpo")
+        self.needs_reference = reference is not None
         self.reference = reference  # None once its log-probabilities are precomputed into the data
         self.chunk_size = chunk_size
         self.sharded = False  # set by the Trainer
@@ -39,24 +40,28 @@ class DPOObjective:
     def count_items(self, batch: dict) -> torch.Tensor:
         return batch["num_items"]
 
-    def reference_logps(self, model, inputs: dict, n: int):
-        """(chosen, rejected) reference log-probabilities summed over each response, and the forward-only
-        work done for them (lengths, supervised positions)."""
+    def reference_columns(self, model, inputs: dict) -> dict:
+        """The reference log-probabilities of a batch's responses, summed over each: precomputed with the
+        batch, or from a reference pass (see reference.precompute_into)."""
         if "ref_chosen_logps" in inputs:
-            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], [], 0
-        self.reference.sharded = self.sharded
-        ref = self.reference.logps(model, inputs, 2 * n)
-        return ref.sums[:n], ref.sums[n:], sequence_lengths(inputs), ref.supervised
+            return {k: inputs[k] for k in ("ref_chosen_logps", "ref_rejected_logps")}
+        n = int(inputs["num_items"])
+        sums = self.reference.logps(model, inputs, 2 * n, sharded=self.sharded).sums
+        return {"ref_chosen_logps": sums[:n], "ref_rejected_logps": sums[n:]}
 
     def __call__(self, model, inputs: dict) -> LossOutput:
         n = int(inputs["num_items"])
+        lengths = sequence_lengths(inputs)
         policy = sequence_logps(model, inputs, 2 * n, self.chunk_size, self.sharded)
         counts = policy.counts.clamp(min=1)
         logps = policy.averaged() if self.kind in AVERAGED else policy.sums
         ref_chosen = ref_rejected = None
         forward_lengths, forward_supervised = [], 0
         if self.needs_reference:
-            ref_chosen, ref_rejected, forward_lengths, forward_supervised = self.reference_logps(model, inputs, n)
+            if "ref_chosen_logps" not in inputs:  # a reference pass runs: the same sequences and positions
+                forward_lengths, forward_supervised = lengths, policy.supervised
+            ref = self.reference_columns(model, inputs)
+            ref_chosen, ref_rejected = ref["ref_chosen_logps"], ref["ref_rejected_logps"]
             if self.kind in AVERAGED:
                 ref_chosen, ref_rejected = ref_chosen / counts[:n], ref_rejected / counts[n:]
         losses, chosen_rewards, rejected_rewards = dpo_loss(
@@ -69,7 +74,7 @@ class DPOObjective:
                               (chosen_rewards - rejected_rewards).sum(), policy.sums[:n].detach().sum(),
                               policy.sums[n:].detach().sum(), sft.detach().sum()]).tolist()
         names = METRICS if self.ftx else METRICS[:-1]
-        return LossOutput(losses.sum(), n, sequence_lengths(inputs), policy.supervised, forward_lengths,
+        return LossOutput(losses.sum(), n, lengths, policy.supervised, forward_lengths,
                           forward_supervised, {k: (v, n) for k, v in zip(names, values)})
 
 
@@ -91,24 +96,18 @@ def run(args) -> dict:
     collator = make_collator(row_shape("dpo").collator, padding_free, tokenizer.pad_token_id)
     if padding_free:
         use_varlen_attention(model)
-    reference = build_reference(args, model, tokenizer) if pref.pref_loss not in ("orpo", "simpo") else None
+    needs_reference = pref.pref_loss not in ("orpo", "simpo")
+    objective = DPOObjective(pref, build_reference(args, model, tokenizer) if needs_reference else None,
+                             args.finetune.loss_chunk_size)
     sampler, batch_sampler = common.length_samplers(args, data.train, ("chosen_input_ids", "rejected_input_ids"))
 
-    objective = DPOObjective(pref, reference, args.finetune.loss_chunk_size)
     trainer = TuneforgeTrainer(
         model=model, args=training, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
         processing_class=tokenizer, objective=objective, length_sampler=sampler, batch_sampler=batch_sampler,
         metric_names=METRICS,
     )
-    if reference is not None and pref.precompute_ref_logps:
-        def compute(batch):
-            n = int(batch["num_items"])
-            sums = reference.logps(trainer.model, batch, 2 * n).sums
-            return {"ref_chosen_logps": sums[:n], "ref_rejected_logps": sums[n:]}
-
-        precompute_into(trainer, compute)
-        # Every example carries its reference log-probabilities now; a frozen copy's memory is freed.
-        reference = objective.reference = None
+    if needs_reference and pref.precompute_ref_logps:
+        precompute_into(trainer)
     meter = common.attach_meter(trainer, model, args)
     common.report_model(args, model, padding_free)
 

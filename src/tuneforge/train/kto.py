@@ -13,7 +13,8 @@ from ..stages import row_shape
 from . import common
 from .logps import sequence_logps
 from .preference_loss import kto_kl_estimate, kto_loss
-from .trainer import LossOutput, sequence_lengths
+from .forward import sequence_lengths
+from .trainer import LossOutput
 
 METRICS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl", "sft_loss")
 PLOTS = {"training_rewards.png": ["rewards/chosen", "rewards/rejected", "kl", "eval_rewards/chosen",
@@ -31,38 +32,43 @@ class KTOObjective:
     def count_items(self, batch: dict) -> torch.Tensor:
         return batch["num_items"]
 
-    def reference_logps(self, model, inputs: dict, n: int):
-        """Reference log-probabilities of the examples and of their KL pairs, and the forward-only work."""
+    def reference_columns(self, model, inputs: dict) -> dict:
+        """Reference log-probabilities of the examples and of their KL pairs: precomputed with the batch,
+        or from a reference pass (see reference.precompute_into)."""
         if "ref_logps" in inputs:
-            return inputs["ref_logps"], inputs["ref_kl_logps"], [], 0
-        self.reference.sharded = self.sharded
-        ref = self.reference.logps(model, inputs, n)
-        ref_kl = self.reference.logps(model, inputs, n, prefix="kl_")
-        lengths = sequence_lengths(inputs) + sequence_lengths(inputs, "kl_")
-        return ref.sums, ref_kl.sums, lengths, ref.supervised + ref_kl.supervised
+            return {k: inputs[k] for k in ("ref_logps", "ref_kl_logps")}
+        n = int(inputs["num_items"])
+        return {"ref_logps": self.reference.logps(model, inputs, n, sharded=self.sharded).sums,
+                "ref_kl_logps": self.reference.logps(model, inputs, n, prefix="kl_", sharded=self.sharded).sums}
 
     def __call__(self, model, inputs: dict) -> LossOutput:
         n = int(inputs["num_items"])
         desirable = inputs["kto_tag"].bool()
+        lengths, kl_lengths = sequence_lengths(inputs), sequence_lengths(inputs, "kl_")
         policy = sequence_logps(model, inputs, n, self.chunk_size, self.sharded)
         with torch.no_grad():
             policy_kl = sequence_logps(model, inputs, n, self.chunk_size, self.sharded, prefix="kl_")
-        ref, ref_kl, forward_lengths, forward_supervised = self.reference_logps(model, inputs, n)
-        kl = kto_kl_estimate(policy_kl.sums, ref_kl)
-        losses, rewards = kto_loss(policy.sums, ref, desirable, kl, self.beta, *self.weights)
+        # Run without gradient: the policy's KL pairs, and the reference's examples and KL pairs when they
+        # are not precomputed (the same sequences and positions as the policy's).
+        forward_lengths, forward_supervised = list(kl_lengths), policy_kl.supervised
+        if "ref_logps" not in inputs:
+            forward_lengths += lengths + kl_lengths
+            forward_supervised += policy.supervised + policy_kl.supervised
+        ref = self.reference_columns(model, inputs)
+        kl = kto_kl_estimate(policy_kl.sums, ref["ref_kl_logps"])
+        losses, rewards = kto_loss(policy.sums, ref["ref_logps"], desirable, kl, self.beta, *self.weights)
         sft = -policy.sums / policy.counts.clamp(min=1)
         if self.ftx:
             losses = losses + self.ftx * torch.where(desirable, sft, torch.zeros_like(sft))
         good, bad = desirable.float(), (~desirable).float()
         logps = policy.sums.detach()
-        values = torch.stack([(rewards * good).sum(), (rewards * bad).sum(), (logps * good).sum(),
-                              (logps * bad).sum(), kl, (sft.detach() * good).sum()]).tolist()
-        counts = [int(good.sum()), int(bad.sum()), int(good.sum()), int(bad.sum()), 1, int(good.sum())]
+        stats = torch.stack([(rewards * good).sum(), (rewards * bad).sum(), (logps * good).sum(),
+                             (logps * bad).sum(), kl, (sft.detach() * good).sum(), good.sum(), bad.sum()]).tolist()
+        values, (n_good, n_bad) = stats[:6], stats[6:]
+        counts = [n_good, n_bad, n_good, n_bad, 1, n_good]
         names = METRICS if self.ftx else METRICS[:-1]
         metrics = {k: (v, c) for k, v, c in zip(names, values, counts)}
-        lengths = sequence_lengths(inputs, "kl_")
-        return LossOutput(losses.sum(), n, sequence_lengths(inputs), policy.supervised,
-                          forward_lengths + lengths, forward_supervised + policy_kl.supervised, metrics)
+        return LossOutput(losses.sum(), n, lengths, policy.supervised, forward_lengths, forward_supervised, metrics)
 
 
 def run(args) -> dict:
@@ -90,24 +96,16 @@ def run(args) -> dict:
     collator = make_collator(row_shape("kto").collator, padding_free, tokenizer.pad_token_id)
     if padding_free:
         use_varlen_attention(model)
-    reference = build_reference(args, model, tokenizer)
+    objective = KTOObjective(pref, build_reference(args, model, tokenizer), args.finetune.loss_chunk_size)
     sampler, batch_sampler = common.length_samplers(args, train)
 
-    objective = KTOObjective(pref, reference, args.finetune.loss_chunk_size)
     trainer = TuneforgeTrainer(
         model=model, args=training, train_dataset=train, eval_dataset=evalset, data_collator=collator,
         processing_class=tokenizer, objective=objective, length_sampler=sampler, batch_sampler=batch_sampler,
         metric_names=METRICS,
     )
     if pref.precompute_ref_logps:
-        def compute(batch):
-            n = int(batch["num_items"])
-            return {"ref_logps": reference.logps(trainer.model, batch, n).sums,
-                    "ref_kl_logps": reference.logps(trainer.model, batch, n, prefix="kl_").sums}
-
-        precompute_into(trainer, compute)
-        # Every example carries its reference log-probabilities now; a frozen copy's memory is freed.
-        reference = objective.reference = None
+        precompute_into(trainer)
     meter = common.attach_meter(trainer, model, args)
     common.report_model(args, model, padding_free)
 

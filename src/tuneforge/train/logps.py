@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.varlen_attention import example_bounds
+from .forward import final_hidden, fused_head_weight, head_logits, model_inputs, sharded_logits
 from .loss import token_logprobs
-from .trainer import _NO_LOGITS, model_inputs, output_head
 
 
 @dataclass
@@ -37,36 +38,27 @@ def sequence_logps(model, inputs: dict, n: int, chunk_size: int = 1024, sharded:
     targets = inputs[prefix + "shift_labels"]
     seq_index = inputs[prefix + "sequence_index"]
     batch = model_inputs(inputs, prefix)
-    if sharded:  # the LM head is whole only inside the model's forward: let it compute the logits there
-        positions = (targets != -100).any(dim=0).nonzero().flatten()
-        logits = model(**batch, logits_to_keep=positions, use_cache=False).logits.float()
-        picked, seqs = targets[:, positions], seq_index[:, positions]
+    if sharded:
+        logits, picked, positions = sharded_logits(model, batch, targets)
         mask = picked != -100
         token = torch.log_softmax(logits[mask], dim=-1).gather(1, picked[mask][:, None]).squeeze(1)
-        return SequenceLogps(*_gather_by_sequence(token, seqs[mask], n), int(mask.sum()))
-    out = model(**batch, output_hidden_states=True, logits_to_keep=_NO_LOGITS, use_cache=False)
+        return SequenceLogps(*_gather_by_sequence(token, seq_index[:, positions][mask], n), int(mask.sum()))
     mask = targets != -100
-    hidden, picked = out.hidden_states[-1][mask], targets[mask]
-    head, config = output_head(model)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    if isinstance(head, torch.nn.Linear) and head.bias is None and not softcap:
-        token = token_logprobs(hidden, head.weight, picked, chunk_size)
-    else:  # odd heads (bias, softcap, adapters on the head): the plain way
-        logits = head(hidden).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        token = torch.log_softmax(logits, dim=-1).gather(1, picked[:, None]).squeeze(1)
+    hidden, picked = final_hidden(model, batch)[mask], targets[mask]
+    weight = fused_head_weight(model)
+    if weight is not None:
+        token = token_logprobs(hidden, weight, picked, chunk_size)
+    else:
+        token = torch.log_softmax(head_logits(model, hidden), dim=-1).gather(1, picked[:, None]).squeeze(1)
     return SequenceLogps(*_gather_by_sequence(token, seq_index[mask], n), int(mask.sum()))
 
 
-def last_token_hidden(model, inputs: dict, prefix: str = "") -> torch.Tensor:
+def last_token_hidden(model, inputs: dict) -> torch.Tensor:
     """The final hidden state at each sequence's last real token, (n, hidden), in sequence order."""
-    batch = model_inputs(inputs, prefix)
-    out = model(**batch, output_hidden_states=True, logits_to_keep=_NO_LOGITS, use_cache=False)
-    hidden = out.hidden_states[-1]
+    batch = model_inputs(inputs)
+    hidden = final_hidden(model, batch)
     if "attention_mask" in batch:
         last = batch["attention_mask"].sum(dim=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    starts = (batch["position_ids"][0] == 0).nonzero().flatten()
-    ends = torch.cat([starts[1:], starts.new_tensor([hidden.shape[1]])]) - 1
+    ends = torch.tensor(example_bounds(batch["position_ids"])[1:], device=hidden.device) - 1
     return hidden[0, ends]

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ModelError
 from .logps import SequenceLogps, sequence_logps
-from .trainer import unwrap
+from ..models.adapters import unwrap
 
 logger = logging.getLogger("tuneforge")
 
@@ -27,15 +27,15 @@ class Reference:
     def __init__(self, model=None, chunk_size: int = 1024):
         self.model = model  # None: the policy with its adapters off
         self.chunk_size = chunk_size
-        self.sharded = False  # set with the policy's objective (DeepSpeed ZeRO-3)
 
-    def logps(self, policy, inputs: dict, n: int, prefix: str = "") -> SequenceLogps:
+    def logps(self, policy, inputs: dict, n: int, prefix: str = "", sharded: bool = False) -> SequenceLogps:
+        """sharded: the policy is partitioned (DeepSpeed ZeRO-3); a separate reference model never is."""
         with torch.no_grad():
             if self.model is not None:
                 return sequence_logps(self.model, inputs, n, self.chunk_size, False, prefix)
             inner = unwrap(policy)
             with inner.disable_adapter():
-                return sequence_logps(inner, inputs, n, self.chunk_size, self.sharded, prefix)
+                return sequence_logps(inner, inputs, n, self.chunk_size, sharded, prefix)
 
 
 def _as_ref_model_error(error: Exception) -> ModelError:
@@ -92,14 +92,21 @@ def build_reference(args, policy, tokenizer) -> Reference:
     return Reference(model, chunk)
 
 
-def precompute_into(trainer, compute) -> None:
-    """Adds reference log-probabilities to the trainer's train and eval datasets, computed once by
-    `compute(batch) -> {column: (n,) tensor}` in one ordered pass over each."""
+def precompute_into(trainer) -> None:
+    """Adds reference log-probabilities to the trainer's train and eval datasets, computed once by its
+    objective's `reference_columns(model, batch) -> {column: (n,) tensor}` in one ordered pass over each,
+    then drops the objective's reference (a frozen copy's memory is freed): every example carries them."""
+    objective = trainer.objective
     size, device, collator = trainer.args.per_device_eval_batch_size, trainer.args.device, trainer.data_collator
+
+    def compute(batch):
+        return objective.reference_columns(trainer.model, batch)
+
     trainer.train_dataset = _precompute(trainer.train_dataset, collator, size, device, compute,
                                         "Reference log-probabilities")
     trainer.eval_dataset = _precompute(trainer.eval_dataset, collator, size, device, compute,
                                        "Reference log-probabilities (eval)")
+    objective.reference = None
 
 
 def _precompute(dataset, collator, batch_size: int, device, compute, desc: str):

@@ -17,7 +17,8 @@ from ..stages import row_shape
 from . import common
 from .logps import last_token_hidden
 from .preference_loss import pairwise_reward_loss
-from .trainer import LossOutput, TuneforgeTrainer, sequence_lengths
+from .forward import sequence_lengths
+from .trainer import LossOutput, TuneforgeTrainer
 
 METRICS = ("accuracy", "scores/chosen", "scores/rejected")
 PLOTS = {"training_accuracy.png": ["accuracy", "eval_accuracy"],

@@ -56,11 +56,14 @@ class FlopModel:
     layers: int
     hidden: int
 
-    def flops(self, tokens: int, supervised: int, lengths: list[int], forward_tokens: int = 0,
-              forward_supervised: int = 0, forward_lengths: list[int] = ()) -> float:
+    def dense(self, tokens: int, supervised: int, forward_tokens: int = 0, forward_supervised: int = 0) -> float:
+        """The matrix products, from token counts."""
         return (tokens * self.per_token + supervised * self.per_supervised
-                + attention_flops(lengths, self.layers, self.hidden)
-                + forward_tokens * self.forward_per_token + forward_supervised * self.forward_per_supervised
+                + forward_tokens * self.forward_per_token + forward_supervised * self.forward_per_supervised)
+
+    def attention(self, lengths: list[int], forward_lengths: list[int] = ()) -> float:
+        """Attention, from each sequence's length."""
+        return (attention_flops(lengths, self.layers, self.hidden)
                 + attention_flops(list(forward_lengths), self.layers, self.hidden, passes=1))
 
 

@@ -18,11 +18,8 @@ import torch
 from transformers import Trainer
 
 from ..errors import TuneforgeError
-from ..models.varlen_attention import example_bounds
+from .forward import fused_head_weight, final_hidden, head_logits, model_inputs, sequence_lengths, sharded_logits
 from .loss import linear_cross_entropy
-
-_NO_LOGITS = torch.tensor([], dtype=torch.long)
-MODEL_KEYS = ("input_ids", "position_ids", "attention_mask")
 
 
 class NonFiniteLossError(TuneforgeError):
@@ -50,60 +47,27 @@ class LossOutput:
     metrics: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
-def unwrap(model):
-    while hasattr(model, "module"):  # DDP / accelerate / DeepSpeed wrappers
-        model = model.module
-    return model
-
-
-def output_head(model):
-    model = unwrap(model)
-    return model.get_output_embeddings(), model.config
-
-
-def model_inputs(inputs: dict, prefix: str = "") -> dict:
-    """The tensors the model's forward takes, from a batch whose keys may carry a prefix ("kl_")."""
-    return {k: inputs[prefix + k] for k in MODEL_KEYS if prefix + k in inputs}
-
-
-def sequence_lengths(inputs: dict, prefix: str = "") -> list[int]:
-    """Real (non-padding) token count of every sequence in a padded or padding-free batch."""
-    if prefix + "attention_mask" in inputs:
-        return [int(n) for n in inputs[prefix + "attention_mask"].sum(dim=1).tolist()]
-    bounds = example_bounds(inputs[prefix + "position_ids"])
-    return [b - a for a, b in zip(bounds, bounds[1:])]
-
-
 def supervised_hidden(model, inputs: dict):
     """Runs the model without its LM head; returns (hidden states at supervised positions, their targets)."""
     inputs = dict(inputs)
     targets = inputs.pop("shift_labels")
-    out = model(**inputs, output_hidden_states=True, logits_to_keep=_NO_LOGITS, use_cache=False)
     mask = targets != -100
-    return out.hidden_states[-1][mask], targets[mask]
+    return final_hidden(model, inputs)[mask], targets[mask]
 
 
 def supervised_loss_sum(model, inputs: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
     hidden, targets = supervised_hidden(model, inputs)
-    head, config = output_head(model)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    if isinstance(head, torch.nn.Linear) and head.bias is None and not softcap:
-        return linear_cross_entropy(hidden, head.weight, targets, chunk_size), targets.numel()
-    logits = head(hidden).float()  # odd heads (bias, softcap, adapters on the head): the plain way
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), targets.numel()
+    weight = fused_head_weight(model)
+    if weight is not None:
+        return linear_cross_entropy(hidden, weight, targets, chunk_size), targets.numel()
+    loss = torch.nn.functional.cross_entropy(head_logits(model, hidden), targets, reduction="sum")
+    return loss, targets.numel()
 
 
 def supervised_loss_sum_sharded(model, inputs: dict) -> tuple[torch.Tensor, int]:
-    """For DeepSpeed ZeRO-3 and FSDP, where the LM head's weight is only whole inside the model's own
-    forward: the model computes logits itself, at the supervised positions only (`logits_to_keep` as a
-    tensor of positions; for a padded batch, the union of its rows' positions)."""
+    """For DeepSpeed ZeRO-3 and FSDP: the model computes the logits itself, at the supervised positions."""
     inputs = dict(inputs)
-    targets = inputs.pop("shift_labels")
-    positions = (targets != -100).any(dim=0).nonzero().flatten()
-    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits.float()
-    picked = targets[:, positions]
+    logits, picked, _ = sharded_logits(model, inputs, inputs.pop("shift_labels"))
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), picked.flatten(), ignore_index=-100, reduction="sum")
     return loss, int((picked != -100).sum())
 
