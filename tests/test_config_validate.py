@@ -93,3 +93,42 @@ def test_deepspeed_and_fsdp_run_under_torchrun_even_for_one_gpu(monkeypatch, key
     assert (settings is not None) is launched
     if launched:
         assert settings["nproc_per_node"] == (2 if "nproc_per_node=2" in keys else 1)
+
+
+def test_keys_of_the_other_rl_stage_are_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        _validate("stage=grpo", "reward_funcs=accuracy", "ppo_epochs=2", "ppo_target=3")
+        _validate("stage=sft", "num_generations=8")
+    assert "ppo_epochs, ppo_target: no effect with stage grpo" in caplog.text
+    assert "num_generations: no effect with stage sft (they are keys of ppo and grpo)" in caplog.text
+
+
+@pytest.mark.parametrize("items,message", [
+    (["stage=ppo", "reward_model=/no/such/rm"], "reward_model (command line): /no/such/rm is not a folder"),
+    (["stage=grpo", "reward_funcs=accuracy", "reward_model_type=api"], "'api' is not lora or full"),
+    (["stage=grpo", "reward_funcs=acuracy"], "reward_funcs: unknown reward 'acuracy'"),
+    (["stage=grpo", "reward_funcs=format", "format_pattern=(unclosed"], "format_pattern: '(unclosed' is not a valid"),
+    (["stage=grpo", "reward_funcs=accuracy", "epsilon_high=0.1"], "epsilon_high (command line) at least epsilon"),
+    (["stage=grpo", "reward_funcs=accuracy", "num_generations=1"], "num_generations (command line): grpo compares"),
+    (["stage=grpo", "reward_funcs=accuracy", "token_budget=512"], "token_budget (command line): stage grpo batches"),
+    (["stage=grpo", "reward_funcs=accuracy", "num_beams=4"], "num_beams (command line): stage grpo samples"),
+])
+def test_rl_stage_mistakes(items, message):
+    with pytest.raises(ConfigError) as e:
+        _validate(*items)
+    assert message in str(e.value)
+
+
+def test_lora_reward_model_needs_a_lora_adapter_and_a_lora_policy(tmp_path):
+    full, adapter = tmp_path / "full", tmp_path / "adapter"
+    for folder in (full, adapter):
+        folder.mkdir()
+        (folder / "value_head.safetensors").write_bytes(b"")
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a full model; set reward_model_type: full"):
+        _validate("stage=ppo", f"reward_model={full}")
+    with pytest.raises(ConfigError, match="shares the policy's base weights, which finetuning_type full changes"):
+        _validate("stage=ppo", f"reward_model={adapter}", "finetuning_type=full")
+    _validate("stage=ppo", f"reward_model={full}", "reward_model_type=full", "finetuning_type=full")
+    with pytest.raises(ConfigError, match="ppo_lam .*must be in \\[0, 1\\], got 1.5"):
+        _validate("stage=ppo", f"reward_model={adapter}", "ppo_lam=1.5")

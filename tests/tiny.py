@@ -62,8 +62,9 @@ def chatml_tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer(["<|im_start|>", "<|im_end|>"], CHATML_JINJA, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
-def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
-    """A random-weight Llama small enough for a CPU test (~100k parameters)."""
+def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0, initializer_range: float = 0.02):
+    """A random-weight Llama small enough for a CPU test (~100k parameters). A larger initializer_range
+    gives larger logits, so LoRA can move the next-token distribution far (the RL tests need that)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,6 +79,7 @@ def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
         max_position_embeddings=1024,
         tie_word_embeddings=False,
         attention_dropout=0.0,
+        initializer_range=initializer_range,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -87,10 +89,10 @@ def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
     return model
 
 
-def save_tiny_model(path, tokenizer=None):
+def save_tiny_model(path, tokenizer=None, **model_kwargs):
     """Writes a tiny chatml Llama + tokenizer as a Hugging Face folder; returns the path as str."""
     tokenizer = tokenizer or chatml_tokenizer()
-    model = tiny_llama(tokenizer)
+    model = tiny_llama(tokenizer, **model_kwargs)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

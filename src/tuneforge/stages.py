@@ -35,7 +35,7 @@ SUPERVISED = RowShape("supervised", "supervised_example", ("input_ids", "labels"
 PAIRWISE = RowShape("pairwise", "pairwise_example",
                     ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"), "pairwise")
 KTO = RowShape("kto", "kto_example", ("input_ids", "labels", "kto_tag"), "kto")
-PROMPT = RowShape("prompt", "unsupervised_example", ("input_ids", "labels"), "prompt")
+PROMPT = RowShape("prompt", "unsupervised_example", ("input_ids", "labels", "extra"), "prompt")
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("rm", PAIRWISE, "tuneforge.train.rm", "reward model: a value head trained on chosen/rejected pairs"),
     Stage("dpo", PAIRWISE, "tuneforge.train.dpo", "preference optimisation: DPO, hinge, IPO, ORPO, SimPO"),
     Stage("kto", KTO, "tuneforge.train.kto", "KTO on responses tagged desirable or undesirable"),
-    Stage("ppo", PROMPT, None, "RLHF with a reward model (not implemented yet)"),
-    Stage("grpo", PROMPT, None, "group relative policy optimisation (not implemented yet)"),
+    Stage("ppo", PROMPT, "tuneforge.train.ppo", "RLHF: PPO on sampled responses scored by a reward model"),
+    Stage("grpo", PROMPT, "tuneforge.train.grpo", "group relative policy optimisation with reward functions"),
 )}  # fmt: skip
 
 READY = tuple(name for name, s in STAGES.items() if s.recipe)
 # Stages whose loss compares the policy with a reference model (unless the loss needs none).
 PREFERENCE = ("dpo", "kto")
+# Stages that sample responses from the policy while training (rollouts).
+RL = ("ppo", "grpo")
 
 
 def get_stage(name: str, where: str = "") -> Stage:

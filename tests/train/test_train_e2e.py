@@ -141,7 +141,8 @@ def test_existing_run_is_refused(tiny_model_dir, data_files, tmp_path, capsys):
     ({"fp16": True}, "fp16=false"),
     ({"deepspeed": "ds.json"}, "deepspeed=null"),
     ({"nproc_per_node": 2, "lora_rnak": 8}, "did you mean 'lora_rank'"),  # before torchrun, not per worker
-    ({"stage": "ppo"}, "not implemented"),
+    ({"stage": "ppo"}, "stage ppo needs reward_model"),
+    ({"stage": "dppo"}, "unknown stage 'dppo'; choose one of pt, sft, rm, dpo, kto, ppo, grpo"),
     ({"learning_rate": "fast"}, "learning_rate"),
 ])
 def test_cli_errors_are_one_line(tiny_model_dir, data_files, tmp_path, capsys, extra, message):

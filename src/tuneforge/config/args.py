@@ -73,7 +73,7 @@ class DataArgs:
 
 @dataclass
 class FinetuneArgs:
-    stage: str = field(default="sft", metadata={"help": "pt | sft | rm | dpo | kto (ppo, grpo: not yet)."})
+    stage: str = field(default="sft", metadata={"help": "pt | sft | rm | dpo | kto | ppo | grpo."})
     finetuning_type: str = field(default="lora", metadata={"help": "lora | freeze | full."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: Optional[int] = field(default=None, metadata={"help": "LoRA alpha (default 2 x rank)."})
@@ -118,13 +118,42 @@ class PreferenceArgs:
 
 
 @dataclass
+class RLArgs:
+    reward_model: Optional[str] = field(default=None, metadata={"help": "ppo (required), grpo (optional): output_dir of a `stage: rm` run."})
+    reward_model_type: str = field(default="lora", metadata={"help": "lora: the reward adapter loads as a second adapter on the policy's base; full: its own model."})
+    ppo_epochs: int = field(default=4, metadata={"help": "ppo: optimisation passes over each rollout buffer."})
+    ppo_buffer_size: int = field(default=1, metadata={"help": "ppo: optimizer steps' worth of rollouts (batch x accumulation each) per buffer."})
+    ppo_target: Optional[float] = field(default=None, metadata={"help": "ppo: target KL per response; set, the KL coefficient adapts to it."})
+    ppo_kl_coef: float = field(default=0.2, metadata={"help": "ppo: (initial) coefficient of the per-token KL penalty."})
+    ppo_horizon: int = field(default=10000, metadata={"help": "ppo: horizon of the adaptive KL controller, in rollouts."})
+    ppo_score_norm: bool = field(default=False, metadata={"help": "ppo: standardise reward-model scores over each buffer."})
+    ppo_whiten_rewards: bool = field(default=False, metadata={"help": "ppo: scale per-token rewards to unit variance over each buffer."})
+    ppo_gamma: float = field(default=1.0, metadata={"help": "ppo: discount of generalised advantage estimation."})
+    ppo_lam: float = field(default=0.95, metadata={"help": "ppo: lambda of generalised advantage estimation."})
+    ppo_cliprange: float = field(default=0.2, metadata={"help": "ppo: clip range of the policy ratio."})
+    ppo_cliprange_value: float = field(default=0.2, metadata={"help": "ppo: clip range of the value change."})
+    ppo_vf_coef: float = field(default=0.1, metadata={"help": "ppo: weight of the value loss."})
+    rollout_dtype: str = field(default="auto", metadata={"help": "ppo/grpo: weights' dtype while sampling: auto (bfloat16 where computed natively, else as trained) | float32 | bfloat16 | float16."})
+    num_generations: int = field(default=4, metadata={"help": "grpo: completions per prompt (divides batch x accumulation)."})
+    scale_rewards: bool = field(default=True, metadata={"help": "grpo: divide advantages by their group's reward std."})
+    epsilon: float = field(default=0.2, metadata={"help": "grpo: clip range of the importance ratio."})
+    epsilon_high: Optional[float] = field(default=None, metadata={"help": "grpo: upper clip range (asymmetric, DAPO); default epsilon."})
+    beta: float = field(default=0.04, metadata={"help": "grpo: weight of the KL to the reference; 0 skips the reference pass."})
+    loss_type: str = field(default="dapo", metadata={"help": "grpo: grpo (mean per sequence) | dr_grpo (sum / max_new_tokens) | dapo (mean per token)."})
+    num_iterations: int = field(default=1, metadata={"help": "grpo: optimizer steps per batch of rollouts."})
+    reward_funcs: Optional[str] = field(default=None, metadata={"help": "grpo: accuracy, format and/or module:function, comma-separated."})
+    reward_weights: Optional[str] = field(default=None, metadata={"help": "grpo: one weight per reward (reward_funcs, then reward_model), comma-separated."})
+    format_pattern: Optional[str] = field(default=None, metadata={"help": "grpo: regular expression of the `format` reward (default \\boxed{...})."})
+
+
+@dataclass
 class GenerateArgs:
-    do_sample: bool = field(default=False, metadata={"help": "Sample (true) or greedy (false)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample (true) or greedy (false); ppo/grpo sample unless it is set false."})
     temperature: float = field(default=0.95, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.7, metadata={"help": "Nucleus sampling."})
     top_k: int = field(default=50, metadata={"help": "Top-k sampling."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Tokens to generate."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Tokens to generate (ppo/grpo: per rollout)."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty."})
     length_penalty: float = field(default=1.0, metadata={"help": "Beam length penalty."})
     query: Optional[str] = field(default=None, metadata={"help": "chat: answer this once and exit."})

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs
+from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs
 
 # LLaMA-Factory keys that only tune its own internals: accepted so its YAML files run, with a warning.
 IGNORED_KEYS = {
@@ -154,6 +154,7 @@ class Args:
     data: DataArgs
     finetune: FinetuneArgs
     preference: PreferenceArgs
+    rl: RLArgs
     generate: GenerateArgs
     training: object | None  # Seq2SeqTrainingArguments for `train`, else None
     sources: dict  # key -> where it was set
@@ -167,7 +168,7 @@ EXTRA_TRAIN_KEYS = {"overwrite_output_dir": bool, "group_by_length": bool, "logg
 def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dict]:
     """Splits raw keys among the dataclasses; returns Args and the TrainingArguments kwargs (not yet built,
     so validation can adjust them)."""
-    groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, GenerateArgs)}
+    groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, RLArgs, GenerateArgs)}
     training_types = {}
     if with_training:
         from transformers import Seq2SeqTrainingArguments
@@ -204,6 +205,7 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
             data=DataArgs(**kwargs[DataArgs]),
             finetune=FinetuneArgs(**kwargs[FinetuneArgs]),
             preference=PreferenceArgs(**kwargs[PreferenceArgs]),
+            rl=RLArgs(**kwargs[RLArgs]),
             generate=GenerateArgs(**kwargs[GenerateArgs]),
             training=None,
             sources={k: v.where for k, v in raw.items()},

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs
+from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs
 
 GROUPS = [("Model", ModelArgs), ("Data", DataArgs), ("Method and training extras", FinetuneArgs),
-          ("Reward and preference stages (rm, dpo, kto)", PreferenceArgs), ("Generation (chat)", GenerateArgs)]
+          ("Reward and preference stages (rm, dpo, kto)", PreferenceArgs),
+          ("RLHF stages (ppo, grpo)", RLArgs), ("Generation (chat)", GenerateArgs)]
 
 
 def markdown() -> str:

@@ -7,6 +7,7 @@ import os
 
 from ..errors import ConfigError
 from ..stages import PREFERENCE, READY, get_stage
+from .validate_rl import validate_rl_keys
 
 logger = logging.getLogger("tuneforge")
 
@@ -89,6 +90,7 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
     if d.cutoff_len < 2:
         raise ConfigError(f"cutoff_len{at('cutoff_len')}: must be at least 2")
     validate_stage_keys(args, train_kwargs, at)
+    validate_rl_keys(args, train_kwargs, at)
 
 
 def _reference_needed(args) -> bool:

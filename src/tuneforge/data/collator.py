@@ -138,6 +138,14 @@ class KTOCollator:
         return batch
 
 
+class PromptCollator:
+    """ppo/grpo: the prompts of a rollout buffer as they are (ids and the row's other columns); the
+    trainer samples completions for them and packs the rollouts itself (see train.rollout_trainer)."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {"prompt_ids": [list(e["input_ids"]) for e in examples], "extra": [e.get("extra") or "{}" for e in examples]}
+
+
 def make_collator(family: str, padding_free: bool, pad_token_id: int):
     """The collator of a row shape's family (see stages.RowShape.collator)."""
     if family == "supervised":
@@ -146,6 +154,8 @@ def make_collator(family: str, padding_free: bool, pad_token_id: int):
         return PairwiseCollator(padding_free, pad_token_id)
     if family == "kto":
         return KTOCollator(padding_free, pad_token_id)
+    if family == "prompt":
+        return PromptCollator()
     raise ValueError(f"no collator for row family {family!r}")
 
 

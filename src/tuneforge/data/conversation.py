@@ -32,6 +32,7 @@ class Conversation:
     kto_tag: bool | None = None  # desirable (True) or undesirable (False) completion, kept in messages[-1]
     text: str | None = None  # plain document for stage pt
     source: str = ""  # "dataset_name:row" for error messages
+    extra: str | None = None  # prompt rows: JSON of the row's other columns (reward functions read them)
 
     def to_dict(self) -> dict:
         def msg(m):
@@ -46,6 +47,7 @@ class Conversation:
             "kto_tag": self.kto_tag,
             "text": self.text,
             "source": self.source,
+            "extra": self.extra,
         }
 
     @classmethod
@@ -62,4 +64,5 @@ class Conversation:
             kto_tag=d.get("kto_tag"),
             text=d.get("text"),
             source=d.get("source", ""),
+            extra=d.get("extra"),
         )

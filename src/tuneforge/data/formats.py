@@ -247,6 +247,14 @@ def _shape_for_stage(conv: Conversation, shape: str) -> Conversation | str:
     return conv
 
 
+def _other_columns(row: dict, conv: Conversation) -> str:
+    """JSON of the row's columns (an `answer` to check, a reference `output`, ...) for reward functions, and
+    `prompt`: the last prompt-side message, which they receive as the prompt."""
+    other = dict(row)
+    other["prompt"] = next((m.content for m in reversed(conv.messages) if m.role in PROMPT_ROLES), "")
+    return json.dumps(other, ensure_ascii=False, default=str)
+
+
 def convert_row(row: dict, spec: DatasetSpec, stage: str, index: int, where: str) -> Conversation | str:
     """A Conversation for `stage`, or the reason (a short string) the row is dropped."""
     ctx = RowContext(spec, index, where)
@@ -259,6 +267,8 @@ def convert_row(row: dict, spec: DatasetSpec, stage: str, index: int, where: str
         _extras(conv, row, ctx)
     conv.source = f"{spec.name}:{index}"
     shape = row_shape(stage).name
+    if shape == "prompt":
+        conv.extra = _other_columns(row, conv)
     if shape == "document":  # a document: the text column, or an instruction/chat row's turns joined
         text = conv.text if conv.text is not None else "\n".join(m.content for m in conv.messages if m.content)
         return Conversation(text=text, source=conv.source) if text.strip() else "empty text"

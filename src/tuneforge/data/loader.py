@@ -32,6 +32,7 @@ FEATURES = datasets.Features(
         "kto_tag": datasets.Value("bool"),
         "text": datasets.Value("string"),
         "source": datasets.Value("string"),
+        "extra": datasets.Value("string"),
     }
 )
 _SAMPLE_ROWS = 20  # rows looked at to detect a format and check columns before converting everything
@@ -252,6 +253,16 @@ def load_rows(data_args, stage: str, which: str = "train", seed: int = 42):
         return None, report
     parts = [_load_one(spec, stage, data_args, report, seed) for spec in specs]
     return mix_datasets(parts, data_args.mix_strategy, data_args.interleave_probs, seed), report
+
+
+def sample_columns(data_args, count: int = 50) -> dict[str, list[set]]:
+    """The raw columns of the first `count` rows of each training dataset (name -> one set per row), read
+    without converting or tokenizing anything: for checks that must come before the slow steps."""
+    out = {}
+    for spec in resolve_specs(data_args.dataset, data_args.dataset_dir):
+        rows, _ = _open_rows(spec, True)
+        out[spec.name] = [set(row) for row, _ in islice(rows, count)]
+    return out
 
 
 def split_train_val(dataset, val_size: float, seed: int):

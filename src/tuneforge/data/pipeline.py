@@ -113,7 +113,7 @@ def _is_document(stage: str) -> bool:
 
 
 def _empty(key: str):
-    return False if key == "kto_tag" else []
+    return {"kto_tag": False, "extra": "{}"}.get(key, [])
 
 
 # ----- what the result depends on

@@ -64,7 +64,8 @@ def _drop_front_history(turns: list[TokenTurn], budget: int) -> list[TokenTurn]:
 
 
 def unsupervised_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
-    """Prompt only (for generation-based stages); the response, if any, becomes the labels."""
+    """Prompt only (for generation-based stages); the response, if any, becomes the labels, and the row's
+    other columns travel along as JSON text (`extra`) for reward functions."""
     if len(conv.messages) % 2 == 0:
         prompt_msgs, response = conv.messages[:-1], conv.messages[-1]
     else:
@@ -74,7 +75,8 @@ def unsupervised_example(template, tokenizer, conv: Conversation, opts: Processo
     if not kept:
         return "does not fit cutoff_len", truncated
     history = [i for t in kept[:-1] for i in t.prompt + t.response]
-    return {"input_ids": history + kept[-1].prompt, "labels": kept[-1].response}, truncated
+    extra = conv.extra or "{}"
+    return {"input_ids": history + kept[-1].prompt, "labels": kept[-1].response, "extra": extra}, truncated
 
 
 def pairwise_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):

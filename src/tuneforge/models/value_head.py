@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ModelError
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+CRITIC_HEAD_FILE = "critic_head.safetensors"  # ppo's value head: saved apart, a ppo output is not a reward model
 ATTRIBUTE = "v_head"  # the head is a submodule of the trained model under this name (so DDP syncs it)
 
 
@@ -58,11 +59,12 @@ def score(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     return head(hidden.to(head.weight.dtype)).squeeze(-1)
 
 
-def save_value_head(weight: torch.Tensor, folder: str, meta: dict | None = None) -> str:
+def save_value_head(weight: torch.Tensor, folder: str, meta: dict | None = None,
+                    filename: str = VALUE_HEAD_FILE) -> str:
     """Writes the head's (1, hidden) weight, with `meta` as the file's metadata."""
     from safetensors.torch import save_file
 
-    path = Path(folder) / VALUE_HEAD_FILE
+    path = Path(folder) / filename
     tensors = {"weight": weight.detach().float().cpu().contiguous()}
     save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
     return str(path)
@@ -72,14 +74,16 @@ def is_reward_model_dir(folder: str | Path) -> bool:
     return (Path(folder).expanduser() / VALUE_HEAD_FILE).is_file()
 
 
-def load_value_head(folder: str | Path, key: str = "reward_model") -> tuple[nn.Linear, dict]:
-    """(head, metadata) from a reward model folder; a ModelError naming `key` when it is not one."""
+def load_value_head(folder: str | Path, key: str = "reward_model",
+                    filename: str = VALUE_HEAD_FILE) -> tuple[nn.Linear, dict]:
+    """(head, metadata) from a reward model folder (or a ppo output's critic_head); a ModelError naming `key`
+    when the file is missing."""
     from safetensors import safe_open
 
-    path = Path(folder).expanduser() / VALUE_HEAD_FILE
+    path = Path(folder).expanduser() / filename
     if not path.is_file():
         raise ModelError(
-            f"{key}: {folder} is not a reward model folder (it has no {VALUE_HEAD_FILE}); give the output_dir "
+            f"{key}: {folder} is not a reward model folder (it has no {filename}); give the output_dir "
             "of a `stage: rm` run"
         )
     with safe_open(str(path), framework="pt") as f:

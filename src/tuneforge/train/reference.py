@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import contextmanager
 
 import torch
 
@@ -36,6 +37,18 @@ class Reference:
             inner = unwrap(policy)
             with inner.disable_adapter():
                 return sequence_logps(inner, inputs, n, self.chunk_size, sharded, prefix)
+
+
+    @contextmanager
+    def scoring_model(self, policy):
+        """The model whose outputs are the reference's: the reference model, or the policy with its adapters
+        off (for scores other than summed log-probabilities, such as ppo/grpo's per-token ones)."""
+        if self.model is not None:
+            yield self.model
+            return
+        inner = unwrap(policy)
+        with inner.disable_adapter():
+            yield inner
 
 
 def _as_ref_model_error(error: Exception) -> ModelError:
