@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tuneforge.config.args import FinetuneArgs, ModelArgs  # noqa: E402
+from tuneforge.data.stops import stop_tokens  # noqa: E402
 from tuneforge.data.templates import get_template  # noqa: E402
 from tuneforge.models.loader import load_model, load_tokenizer  # noqa: E402
-from tuneforge.train.common import stop_token_ids  # noqa: E402
 from tuneforge.train.rewards import accuracy  # noqa: E402
 from tuneforge.train.rollout import HFGenerator, Sampling  # noqa: E402
 
@@ -46,7 +46,7 @@ def greedy_accuracy(adapter: str | None, asked: list[tuple[str, str]]) -> tuple[
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
                for q, _ in asked]
     prompts = [p if isinstance(p, list) else p["input_ids"] for p in prompts]
-    generator = HFGenerator(Sampling(False, 1.0, 1.0, 0, 32), stop_token_ids(tokenizer, template),
+    generator = HFGenerator(Sampling(False, 1.0, 1.0, 0, 32), stop_tokens(tokenizer, template)[0],
                             tokenizer.pad_token_id)
     replies = []
     for start in range(0, len(prompts), 25):

@@ -169,3 +169,34 @@ def test_generation_errors_reach_the_caller(tok):
     engine.model.generate = broken
     with pytest.raises(RuntimeError, match="boom"):
         list(engine.stream(QUESTION))
+
+
+def test_training_writes_the_stop_ids_the_engine_stops_on(tiny_model_dir, tmp_path):
+    """One computation of where a reply ends: the generation_config.json a run writes holds exactly the ids
+    ChatEngine (and ppo/grpo sampling) stop on, end-of-turn first."""
+    import json
+
+    from tests.train.rl_data import prompt_rows, write
+    from tests.train.test_train_e2e import base_args
+    from tuneforge.train.runner import run_train
+
+    out = str(tmp_path / "run")
+    run_train(base_args(tiny_model_dir, write(tmp_path, "rows.json", prompt_rows(8)), out, max_steps=1))
+    written = json.load(open(f"{out}/generation_config.json"))["eos_token_id"]
+    written = written if isinstance(written, list) else [written]
+    tok_ = chatml_tokenizer()
+    model = tiny_llama(tok_)
+    model.generation_config.eos_token_id = written
+    engine = make_engine(tok_, model=model)
+    assert written == engine.stop_ids == [tok_.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_a_stop_word_split_into_several_tokens_is_matched_as_text(tok):
+    from tuneforge.data.stops import stop_tokens
+
+    class Words:
+        def stop_words(self, tokenizer):
+            return ["<|im_end|>", "Observation:"]
+
+    ids, strings = stop_tokens(tok, Words())
+    assert ids == [tok.convert_tokens_to_ids("<|im_end|>")] and strings == ["Observation:"]

@@ -17,6 +17,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..data.conversation import Message
+from ..data.stops import stop_tokens
 
 
 class _TokenQueue(BaseStreamer):
@@ -52,21 +53,13 @@ class _CancelFlag(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def _as_id_list(value) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [int(v) for v in value]
-
-
 class ChatEngine:
     def __init__(self, model, tokenizer, template, generate_args):
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         self.generate_args = generate_args
-        self.stop_ids, self.stop_strings = self._stop_tokens()
+        self.stop_ids, self.stop_strings = stop_tokens(tokenizer, template, getattr(model, "generation_config", None))
 
     @classmethod
     def from_args(cls, args) -> "ChatEngine":
@@ -84,20 +77,6 @@ class ChatEngine:
             enable_thinking=args.data.enable_thinking,
         )
         return cls(model, tokenizer, template, args.generate)
-
-    def _stop_tokens(self) -> tuple[list[int], list[str]]:
-        """Single-token stop words stop through eos_token_id (exact and cheap); a stop word the tokenizer
-        splits into several tokens can only be matched on text, so it goes to `stop_strings`."""
-        ids = _as_id_list(self.tokenizer.eos_token_id)
-        ids += _as_id_list(getattr(getattr(self.model, "generation_config", None), "eos_token_id", None))
-        strings = []
-        for word in self.template.stop_words(self.tokenizer):
-            word_ids = self.tokenizer.encode(word, add_special_tokens=False)
-            if len(word_ids) == 1:
-                ids.append(word_ids[0])
-            elif word_ids:
-                strings.append(word)
-        return list(dict.fromkeys(ids)), strings
 
     def _generate_kwargs(self) -> dict:
         g = self.generate_args

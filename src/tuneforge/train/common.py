@@ -204,23 +204,13 @@ def save_eval_metrics(trainer, results: dict) -> None:
         trainer.save_metrics("eval", metrics)
 
 
-def stop_token_ids(tokenizer, template) -> list[int]:
-    ids = []
-    for word in template.stop_words(tokenizer):
-        tid = tokenizer.convert_tokens_to_ids(word)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid not in ids:
-            ids.append(tid)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def finish(args, trainer, tokenizer, template, results: dict, plots: dict | None = None) -> None:
     """Tokenizer, generation config, plots (the loss and the stage's `plots`: file name -> metric keys)
     and the end-of-run summary, on rank 0."""
+    from ..data.stops import stop_tokens
     from .outputs import finish_outputs, print_summary
 
     save_eval_metrics(trainer, results)
     if args.training.process_index == 0:
-        finish_outputs(args, trainer, tokenizer, template, stop_token_ids(tokenizer, template), plots or {})
+        finish_outputs(args, trainer, tokenizer, template, stop_tokens(tokenizer, template)[0], plots or {})
         print_summary(args, results)

@@ -4,6 +4,7 @@ bottom; what differs between the two stays in the recipe."""
 
 from __future__ import annotations
 
+from ..data.stops import stop_tokens
 from ..errors import ConfigError, TemplateError
 from . import common
 
@@ -72,7 +73,7 @@ class RolloutSetup:
         if self.padding_free:
             use_varlen_attention(self.model)
         self.sampling = Sampling.from_args(args.generate, args.sources, rollout_dtype(args.rl.rollout_dtype))
-        self.stop_ids = common.stop_token_ids(tokenizer, template)
+        self.stop_ids = stop_tokens(tokenizer, template)[0]
         self.generator = HFGenerator(self.sampling, self.stop_ids, tokenizer.pad_token_id)
 
     def reference(self):
