@@ -45,18 +45,24 @@ def test_token_logprobs_equal_log_softmax_with_weighted_grads():
 
 
 def test_reused_logits_buffer_never_leaks_between_calls():
-    # The CPU float32 path keeps its logits buffer from call to call; sizes that shrink and grow must not
-    # read what an earlier call left behind.
+    # The CPU float32 path keeps its logits buffer from call to call in its owner's workspace; sizes that
+    # shrink and grow must not read what an earlier call left behind.
+    from tuneforge.train.loss import LogitsWorkspace
+
+    workspace = LogitsWorkspace()
     for n, chunk in ((37, 100), (5, 100), (37, 8), (60, 64), (3, 2)):
         g = torch.Generator().manual_seed(n)
         h1 = torch.randn(n, 16, generator=g, requires_grad=True)
         h2 = h1.detach().clone().requires_grad_(True)
         w = torch.randn(50, 16, generator=g)
         t = torch.randint(0, 50, (n,), generator=g)
-        a, b = linear_cross_entropy(h1, w, t, chunk), reference_cross_entropy(h2, w, t)
+        a, b = linear_cross_entropy(h1, w, t, chunk, workspace), reference_cross_entropy(h2, w, t)
         a.backward()
         b.backward()
         assert torch.allclose(a, b, atol=1e-4) and torch.allclose(h1.grad, h2.grad, atol=1e-5)
+        assert workspace.buffer is not None and workspace.buffer.shape[1] == 50  # it was used, and kept
+        assert torch.equal(token_logprobs(h1.detach(), w, t, chunk, workspace),
+                           token_logprobs(h1.detach(), w, t, chunk))
 
 
 def test_token_logprobs_with_a_frozen_head_precompute_the_hidden_gradient():

@@ -43,9 +43,9 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir,
     real = trainer_module.supervised_loss_sum
     calls = {"n": 0}
 
-    def poisoned(model, inputs, chunk_size):
+    def poisoned(model, inputs, chunk_size, workspace=None):
         calls["n"] += 1
-        loss, n = real(model, inputs, chunk_size)
+        loss, n = real(model, inputs, chunk_size, workspace)
         return (loss * torch.tensor(float("nan")) if calls["n"] >= 4 else loss), n
 
     monkeypatch.setattr(trainer_module, "supervised_loss_sum", poisoned)

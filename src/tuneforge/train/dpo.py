@@ -13,6 +13,7 @@ import torch
 from ..stages import row_shape
 from . import common
 from .logps import sequence_logps
+from .loss import LogitsWorkspace
 from .preference_loss import AVERAGED, dpo_loss
 from .forward import sequence_lengths
 from .trainer import LossOutput
@@ -36,6 +37,7 @@ class DPOObjective:
         self.reference = reference  # None once its log-probabilities are precomputed into the data
         self.chunk_size = chunk_size
         self.sharded = False  # set by the Trainer
+        self.workspace = LogitsWorkspace()
 
     def count_items(self, batch: dict) -> torch.Tensor:
         return batch["num_items"]
@@ -52,7 +54,7 @@ class DPOObjective:
     def __call__(self, model, inputs: dict) -> LossOutput:
         n = int(inputs["num_items"])
         lengths = sequence_lengths(inputs)
-        policy = sequence_logps(model, inputs, 2 * n, self.chunk_size, self.sharded)
+        policy = sequence_logps(model, inputs, 2 * n, self.chunk_size, self.sharded, workspace=self.workspace)
         counts = policy.counts.clamp(min=1)
         logps = policy.averaged() if self.kind in AVERAGED else policy.sums
         ref_chosen = ref_rejected = None

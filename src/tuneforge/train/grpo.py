@@ -17,6 +17,7 @@ import torch
 
 from . import common
 from .rl_setup import RolloutSetup, check_reward_columns
+from .loss import LogitsWorkspace
 from .rl_loss import grpo_token_losses, kl_penalty, reduce_token_losses
 from .rollout_trainer import Buffer
 from .token_scores import completion_scores, rows
@@ -133,10 +134,11 @@ class GRPOObjective:
         self.beta, self.loss_type, self.max_new_tokens = rl.beta, rl.loss_type, max_new_tokens
         self.temperature, self.chunk_size = temperature, chunk_size
         self.sharded = False  # set by the Trainer
+        self.workspace = LogitsWorkspace()
 
     def __call__(self, model, inputs: dict) -> LossOutput:
         n = inputs["advantages"].shape[0]
-        scores = completion_scores(model, inputs, self.temperature, self.chunk_size)
+        scores = completion_scores(model, inputs, self.temperature, self.chunk_size, workspace=self.workspace)
         logp, mask = rows(scores.logps, scores.sequence_index, n)
         old = rows(inputs["old_logps"], scores.sequence_index, n)[0] if "old_logps" in inputs else logp.detach()
         ref = rows(inputs["ref_logps"], scores.sequence_index, n)[0] if "ref_logps" in inputs else None

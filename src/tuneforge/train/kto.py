@@ -12,6 +12,7 @@ import torch
 from ..stages import row_shape
 from . import common
 from .logps import sequence_logps
+from .loss import LogitsWorkspace
 from .preference_loss import kto_kl_estimate, kto_loss
 from .forward import sequence_lengths
 from .trainer import LossOutput
@@ -28,6 +29,7 @@ class KTOObjective:
         self.reference = reference  # None once its log-probabilities are precomputed into the data
         self.chunk_size = chunk_size
         self.sharded = False  # set by the Trainer
+        self.workspace = LogitsWorkspace()
 
     def count_items(self, batch: dict) -> torch.Tensor:
         return batch["num_items"]
@@ -45,9 +47,10 @@ class KTOObjective:
         n = int(inputs["num_items"])
         desirable = inputs["kto_tag"].bool()
         lengths, kl_lengths = sequence_lengths(inputs), sequence_lengths(inputs, "kl_")
-        policy = sequence_logps(model, inputs, n, self.chunk_size, self.sharded)
+        policy = sequence_logps(model, inputs, n, self.chunk_size, self.sharded, workspace=self.workspace)
         with torch.no_grad():
-            policy_kl = sequence_logps(model, inputs, n, self.chunk_size, self.sharded, prefix="kl_")
+            policy_kl = sequence_logps(model, inputs, n, self.chunk_size, self.sharded, prefix="kl_",
+                                       workspace=self.workspace)
         # Run without gradient: the policy's KL pairs, and the reference's examples and KL pairs when they
         # are not precomputed (the same sequences and positions as the policy's).
         forward_lengths, forward_supervised = list(kl_lengths), policy_kl.supervised

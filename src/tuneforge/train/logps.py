@@ -33,8 +33,9 @@ def _gather_by_sequence(token_logps, seq_index, n: int) -> tuple[torch.Tensor, t
 
 
 def sequence_logps(model, inputs: dict, n: int, chunk_size: int = 1024, sharded: bool = False,
-                   prefix: str = "") -> SequenceLogps:
-    """Log-probabilities of the n sequences of a batch (keys with `prefix`, e.g. "kl_")."""
+                   prefix: str = "", workspace=None) -> SequenceLogps:
+    """Log-probabilities of the n sequences of a batch (keys with `prefix`, e.g. "kl_"); workspace: the
+    caller's loss.LogitsWorkspace."""
     targets = inputs[prefix + "shift_labels"]
     seq_index = inputs[prefix + "sequence_index"]
     batch = model_inputs(inputs, prefix)
@@ -47,7 +48,7 @@ def sequence_logps(model, inputs: dict, n: int, chunk_size: int = 1024, sharded:
     hidden, picked = final_hidden(model, batch)[mask], targets[mask]
     weight = fused_head_weight(model)
     if weight is not None:
-        token = token_logprobs(hidden, weight, picked, chunk_size)
+        token = token_logprobs(hidden, weight, picked, chunk_size, workspace)
     else:
         token = torch.log_softmax(head_logits(model, hidden), dim=-1).gather(1, picked[:, None]).squeeze(1)
     return SequenceLogps(*_gather_by_sequence(token, seq_index[mask], n), int(mask.sum()))

@@ -14,22 +14,29 @@ import torch
 import torch.nn.functional as F
 
 
-_WORKSPACE: dict = {}
-
-
-def _logits_buffer(rows: int, vocab: int, like: torch.Tensor) -> torch.Tensor | None:
-    """A float32 (rows, vocab) buffer kept from one call to the next, for CPU float32 logits.
+class LogitsWorkspace:
+    """A float32 (rows, vocab) buffer kept from one call to the next by its owner (a training objective, a
+    reference), for CPU float32 logits.
 
     A fresh block of this size (120 MB for 620 rows of a 49,152 vocabulary) is mapped anew by the C
     allocator on every step and paid for in page faults: ~40 ms of a ~1 s step on the tiny benchmark
-    model. GPU allocators cache blocks themselves, so there it is not needed."""
-    if like.device.type != "cpu" or like.dtype != torch.float32:
-        return None
-    buf = _WORKSPACE.get("logits")
-    if buf is None or buf.shape[0] < rows or buf.shape[1] != vocab:
-        _WORKSPACE.pop("logits", None)
-        buf = _WORKSPACE["logits"] = torch.empty(rows, vocab, dtype=torch.float32)
-    return buf
+    model. GPU allocators cache blocks themselves, so there it is not used. Owned by an object rather than
+    the module, so two models in one process (a server, a test) never share one."""
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
+
+    def logits(self, rows: int, vocab: int, like: torch.Tensor) -> torch.Tensor | None:
+        if like.device.type != "cpu" or like.dtype != torch.float32:
+            return None
+        if self.buffer is None or self.buffer.shape[0] < rows or self.buffer.shape[1] != vocab:
+            self.buffer = None
+            self.buffer = torch.empty(rows, vocab, dtype=torch.float32)
+        return self.buffer
+
+
+def _logits_buffer(workspace, rows: int, vocab: int, like: torch.Tensor) -> torch.Tensor | None:
+    return workspace.logits(rows, vocab, like) if workspace is not None else None
 
 
 def _chunks(n: int, size: int):
@@ -41,13 +48,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T, target_i), computed chunkwise, fp32 logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size):
+    def forward(ctx, hidden, weight, targets, chunk_size, workspace):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         same_dtype = hidden.dtype == weight.dtype
-        buf = _logits_buffer(min(chunk_size, hidden.shape[0]), weight.shape[0], hidden) if same_dtype else None
+        buf = _logits_buffer(workspace, min(chunk_size, hidden.shape[0]), weight.shape[0], hidden) if same_dtype \
+            else None
         for a, b in _chunks(hidden.shape[0], chunk_size):
             h = hidden[a:b]
             logits = torch.mm(h, weight.t(), out=buf[: b - a]) if buf is not None else (h @ weight.t()).float()
@@ -73,14 +81,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
-def linear_cross_entropy(hidden, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
-    """Sum of token cross-entropies; hidden (N, H), weight (V, H), targets (N,)."""
+def linear_cross_entropy(hidden, weight, targets, chunk_size: int = 1024, workspace=None) -> torch.Tensor:
+    """Sum of token cross-entropies; hidden (N, H), weight (V, H), targets (N,). workspace: the caller's
+    LogitsWorkspace, to reuse its buffer."""
     if hidden.shape[0] == 0:
         return hidden.sum() * 0 + weight.sum() * 0
-    return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, workspace)
 
 
 class TokenLogprobs(torch.autograd.Function):
@@ -94,12 +103,13 @@ class TokenLogprobs(torch.autograd.Function):
     the head itself trains, the backward pass recomputes each chunk."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size):
+    def forward(ctx, hidden, weight, targets, chunk_size, workspace):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad_base = torch.empty_like(hidden) if need_h and not need_w else None
         same_dtype = hidden.dtype == weight.dtype
-        buf = _logits_buffer(min(chunk_size, hidden.shape[0]), weight.shape[0], hidden) if same_dtype else None
+        buf = _logits_buffer(workspace, min(chunk_size, hidden.shape[0]), weight.shape[0], hidden) if same_dtype \
+            else None
         for a, b in _chunks(hidden.shape[0], chunk_size):
             h = hidden[a:b]
             logits = torch.mm(h, weight.t(), out=buf[: b - a]) if buf is not None else (h @ weight.t()).float()
@@ -122,7 +132,7 @@ class TokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_out):
         if ctx.precomputed:
             (grad_base,) = ctx.saved_tensors
-            return grad_base * grad_out[:, None].to(grad_base.dtype), None, None, None
+            return grad_base * grad_out[:, None].to(grad_base.dtype), None, None, None, None
         hidden, weight, targets = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.empty_like(hidden) if need_h else None
@@ -137,14 +147,14 @@ class TokenLogprobs(torch.autograd.Function):
                 gh[a:b] = g @ weight
             if need_w:
                 gw += (g.t() @ h).float()
-        return gh, (gw.to(weight.dtype) if gw is not None else None), None, None
+        return gh, (gw.to(weight.dtype) if gw is not None else None), None, None, None
 
 
-def token_logprobs(hidden, weight, targets, chunk_size: int = 1024) -> torch.Tensor:
+def token_logprobs(hidden, weight, targets, chunk_size: int = 1024, workspace=None) -> torch.Tensor:
     """log p(target_i | hidden_i); hidden (N, H), weight (V, H), targets (N,)."""
     if hidden.shape[0] == 0:
         return hidden.sum(dim=-1) * 0 + weight.sum() * 0
-    return TokenLogprobs.apply(hidden, weight, targets, chunk_size)
+    return TokenLogprobs.apply(hidden, weight, targets, chunk_size, workspace)
 
 
 def reference_cross_entropy(hidden, weight, targets) -> torch.Tensor:

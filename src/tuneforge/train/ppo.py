@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..models.value_head import CRITIC_HEAD_FILE
 from . import common
 from .forward import sequence_lengths
+from .loss import LogitsWorkspace
 from .rl_loss import AdaptiveKLController, FixedKLController, gae, kl_penalty, ppo_policy_losses, ppo_value_losses
 from .rl_setup import RolloutSetup
 from .rollout_trainer import Buffer, RolloutTrainer
@@ -143,9 +144,11 @@ class PPOObjective:
         self.clip, self.clip_value, self.vf_coef = rl.ppo_cliprange, rl.ppo_cliprange_value, rl.ppo_vf_coef
         self.temperature, self.chunk_size = temperature, chunk_size
         self.sharded = False  # set by the Trainer
+        self.workspace = LogitsWorkspace()
 
     def __call__(self, model, inputs: dict) -> LossOutput:
-        s = completion_scores(model, inputs, self.temperature, self.chunk_size, values=True, entropy=True)
+        s = completion_scores(model, inputs, self.temperature, self.chunk_size, values=True, entropy=True,
+                              workspace=self.workspace)
         policy, clipped = ppo_policy_losses(s.logps, inputs["old_logps"], inputs["advantages"], self.clip)
         value, value_clipped = ppo_value_losses(s.values, inputs["old_values"], inputs["returns"], self.clip_value)
         total = (policy + self.vf_coef * value).sum()

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ModelError
 from .logps import SequenceLogps, sequence_logps
+from .loss import LogitsWorkspace
 from ..models.adapters import unwrap
 
 logger = logging.getLogger("tuneforge")
@@ -28,15 +29,16 @@ class Reference:
     def __init__(self, model=None, chunk_size: int = 1024):
         self.model = model  # None: the policy with its adapters off
         self.chunk_size = chunk_size
+        self.workspace = LogitsWorkspace()
 
     def logps(self, policy, inputs: dict, n: int, prefix: str = "", sharded: bool = False) -> SequenceLogps:
         """sharded: the policy is partitioned (DeepSpeed ZeRO-3); a separate reference model never is."""
         with torch.no_grad():
             if self.model is not None:
-                return sequence_logps(self.model, inputs, n, self.chunk_size, False, prefix)
+                return sequence_logps(self.model, inputs, n, self.chunk_size, False, prefix, self.workspace)
             inner = unwrap(policy)
             with inner.disable_adapter():
-                return sequence_logps(inner, inputs, n, self.chunk_size, sharded, prefix)
+                return sequence_logps(inner, inputs, n, self.chunk_size, sharded, prefix, self.workspace)
 
 
     @contextmanager

@@ -28,16 +28,18 @@ class TokenScores:
 
 
 def completion_scores(model, batch: dict, temperature: float = 1.0, chunk_size: int = 1024,
-                      values: bool = False, entropy: bool = False) -> TokenScores:
+                      values: bool = False, entropy: bool = False, workspace=None) -> TokenScores:
     """Scores at the batch's supervised positions. Log-probabilities are of the logits divided by
-    `temperature`, the distribution the completions were sampled from."""
+    `temperature`, the distribution the completions were sampled from; workspace: the caller's
+    loss.LogitsWorkspace."""
     targets = batch["shift_labels"]
     mask = targets != -100
     hidden = final_hidden(model, model_inputs(batch))[mask]
     picked = targets[mask]
     weight = fused_head_weight(model)
     if weight is not None:  # logits / T == (hidden / T) @ W.T for a plain linear head
-        logps = token_logprobs(hidden / temperature if temperature != 1.0 else hidden, weight, picked, chunk_size)
+        logps = token_logprobs(hidden / temperature if temperature != 1.0 else hidden, weight, picked, chunk_size,
+                               workspace)
     else:
         logps = torch.log_softmax(head_logits(model, hidden) / temperature, dim=-1)
         logps = logps.gather(1, picked[:, None]).squeeze(1)

@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from ..errors import TuneforgeError
 from .forward import fused_head_weight, final_hidden, head_logits, model_inputs, sequence_lengths, sharded_logits
-from .loss import linear_cross_entropy
+from .loss import LogitsWorkspace, linear_cross_entropy
 
 
 class NonFiniteLossError(TuneforgeError):
@@ -55,11 +55,11 @@ def supervised_hidden(model, inputs: dict):
     return final_hidden(model, inputs)[mask], targets[mask]
 
 
-def supervised_loss_sum(model, inputs: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
+def supervised_loss_sum(model, inputs: dict, chunk_size: int, workspace=None) -> tuple[torch.Tensor, int]:
     hidden, targets = supervised_hidden(model, inputs)
     weight = fused_head_weight(model)
     if weight is not None:
-        return linear_cross_entropy(hidden, weight, targets, chunk_size), targets.numel()
+        return linear_cross_entropy(hidden, weight, targets, chunk_size, workspace), targets.numel()
     loss = torch.nn.functional.cross_entropy(head_logits(model, hidden), targets, reduction="sum")
     return loss, targets.numel()
 
@@ -80,6 +80,7 @@ class SupervisedObjective:
     def __init__(self, chunk_size: int = 1024):
         self.chunk_size = chunk_size
         self.sharded = False  # set by the Trainer
+        self.workspace = LogitsWorkspace()
 
     def count_items(self, batch: dict) -> torch.Tensor:
         return batch["shift_labels"].ne(-100).sum()
@@ -89,7 +90,7 @@ class SupervisedObjective:
         if self.sharded:
             total, n = supervised_loss_sum_sharded(model, batch)
         else:
-            total, n = supervised_loss_sum(model, batch, self.chunk_size)
+            total, n = supervised_loss_sum(model, batch, self.chunk_size, self.workspace)
         return LossOutput(total, n, sequence_lengths(inputs), supervised=n)
 
 
