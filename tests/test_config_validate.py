@@ -101,6 +101,13 @@ def test_keys_of_the_other_rl_stage_are_warned_about(caplog):
         _validate("stage=sft", "num_generations=8")
     assert "ppo_epochs, ppo_target: no effect with stage grpo" in caplog.text
     assert "num_generations: no effect with stage sft (they are keys of ppo and grpo)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        _validate("stage=grpo", "reward_funcs=accuracy", "beta=0.1", "ref_model=some/model")
+    assert "no effect" not in caplog.text  # grpo's KL reads the reference
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        _validate("stage=grpo", "reward_funcs=accuracy", "beta=0", "ref_model=some/model")
+    assert "ref_model: no effect with stage grpo" in caplog.text
 
 
 @pytest.mark.parametrize("items,message", [
@@ -112,6 +119,7 @@ def test_keys_of_the_other_rl_stage_are_warned_about(caplog):
     (["stage=grpo", "reward_funcs=accuracy", "num_generations=1"], "num_generations (command line): grpo compares"),
     (["stage=grpo", "reward_funcs=accuracy", "token_budget=512"], "token_budget (command line): stage grpo batches"),
     (["stage=grpo", "reward_funcs=accuracy", "num_beams=4"], "num_beams (command line): stage grpo samples"),
+    (["stage=grpo", "reward_funcs=accuracy", "length_penalty=1.2"], "length_penalty (command line): it weighs beam"),
 ])
 def test_rl_stage_mistakes(items, message):
     with pytest.raises(ConfigError) as e:

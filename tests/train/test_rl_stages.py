@@ -94,6 +94,23 @@ def test_ppo_learns_from_a_reward_model_trained_on_the_token(model_dir, data, re
         assert log(out, key), key
 
 
+def test_grpo_reward_model_scores_the_same_as_a_second_adapter_and_as_its_own_model(model_dir, data, reward_model,
+                                                                                    tmp_path):
+    # With the favoured-token reward weighted 0, the reward is the reward model's score alone; loaded as a
+    # second adapter on the policy's base or as a model of its own, it must score the same samples the same.
+    runs = {}
+    for kind in ("lora", "full"):
+        out = str(tmp_path / kind)
+        run_train(rl_args(model_dir, data["prompts"], out, reward_model=reward_model, reward_model_type=kind,
+                          reward_weights="0,1", num_generations=2, max_steps=2))
+        runs[kind] = out
+        assert log(out, "reward") == pytest.approx(log(out, "rewards/reward_model/mean"), abs=1e-6)
+        assert log(out, "rewards/favour_token/mean")  # computed and logged, weighted 0
+    assert log(runs["lora"], "reward") == pytest.approx(log(runs["full"], "reward"), abs=1e-4)
+    assert log(runs["lora"], "loss") == pytest.approx(log(runs["full"], "loss"), abs=1e-5)
+    assert log(runs["lora"], "reward")[0] != 0
+
+
 @pytest.mark.parametrize("stage", ["ppo", "grpo"])
 def test_first_step_ratio_is_one_and_kl_zero(model_dir, data, reward_model, tmp_path, stage):
     # LoRA at initialisation: policy = old policy = reference, exactly.
@@ -136,7 +153,7 @@ def test_resume_continues_with_the_same_metrics(model_dir, data, reward_model, t
     ({"num_generations": 3}, "num_generations (command line): 3 does not divide the 4 completions"),
     ({"reward_funcs": "accuracy", "dataset": "NO_ANSWER"}, "reward_funcs: accuracy needs an 'answer' column"),
     ({"do_sample": False}, "do_sample (command line): greedy decoding gives every completion of a prompt"),
-    ({"loss_type": "bnpo"}, "loss_type (command line): 'bnpo' is not one of grpo, dr_grpo, dapo"),
+    ({"loss_type": "bnpo"}, "loss_type (command line): 'bnpo' is not one of grpo, dapo, dr_grpo"),
     ({"val_size": 8}, "stage grpo has no evaluation loop"),
     ({"packing": True}, "packing (command line): stage grpo trains on the responses it samples"),
     ({"reward_funcs": None}, "stage grpo needs rewards: set reward_funcs"),

@@ -111,7 +111,7 @@ class PreferenceArgs:
     kto_chosen_weight: float = field(default=1.0, metadata={"help": "kto: weight of desirable examples' losses."})
     kto_rejected_weight: float = field(default=1.0, metadata={"help": "kto: weight of undesirable examples' losses."})
     pref_bco_weight: float = field(default=0.0, metadata={"help": "LLaMA-Factory's BCO mixing: not supported, must stay 0."})
-    ref_model: Optional[str] = field(default=None, metadata={"help": "dpo/kto: reference model (default: the base with adapters off, or a frozen copy)."})
+    ref_model: Optional[str] = field(default=None, metadata={"help": "dpo/kto/ppo/grpo: reference model (default: the base with adapters off, or a frozen copy)."})
     ref_model_adapters: Optional[str] = field(default=None, metadata={"help": "Adapters merged into ref_model, comma-separated."})
     ref_model_quantization_bit: Optional[int] = field(default=None, metadata={"help": "4 or 8: load ref_model quantised."})
     precompute_ref_logps: bool = field(default=False, metadata={"help": "Compute reference log-probabilities once before training."})

@@ -196,6 +196,8 @@ def _unused_preference_keys(args, given: set) -> list[str]:
         reads |= {"pref_loss", "dpo_label_smoothing"} | ({"simpo_gamma"} if p.pref_loss == "simpo" else set())
     if f.stage == "kto":
         reads |= {"kto_chosen_weight", "kto_rejected_weight"}
+    if f.stage == "ppo" or (f.stage == "grpo" and args.rl.beta):  # their KL is to a reference too
+        reads |= {"ref_model", "ref_model_adapters", "ref_model_quantization_bit"}
     keys = [field for field in vars(p) if field in given and field not in reads]
     return keys
 

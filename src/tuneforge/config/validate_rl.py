@@ -12,7 +12,6 @@ from ..stages import RL
 
 logger = logging.getLogger("tuneforge")
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 PPO_KEYS = ("ppo_epochs", "ppo_buffer_size", "ppo_target", "ppo_kl_coef", "ppo_horizon", "ppo_score_norm",
             "ppo_whiten_rewards", "ppo_gamma", "ppo_lam", "ppo_cliprange", "ppo_cliprange_value", "ppo_vf_coef")
 GRPO_KEYS = ("num_generations", "scale_rewards", "epsilon", "epsilon_high", "beta", "loss_type", "num_iterations",
@@ -72,6 +71,9 @@ def _refuse_unsupported(args, train_kwargs: dict, at) -> None:
                           "remove group_by_length")
     if args.generate.num_beams != 1:
         raise ConfigError(f"num_beams{at('num_beams')}: stage {stage} samples its rollouts; set num_beams: 1")
+    if "length_penalty" in args.sources:
+        raise ConfigError(f"length_penalty{at('length_penalty')}: it weighs beam-search hypotheses, and stage "
+                          f"{stage} samples without beams; remove length_penalty")
 
 
 def _check_reward_model(args, at) -> None:
@@ -116,6 +118,7 @@ def _check_ppo(args, at) -> None:
 
 def _check_grpo(args, train_kwargs: dict, at) -> None:
     from ..train.rewards import parse_reward_weights, resolve_reward_funcs
+    from ..train.rl_loss import LOSS_TYPES
 
     r, g = args.rl, args.generate
     if not r.reward_funcs and not r.reward_model:

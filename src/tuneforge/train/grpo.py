@@ -16,10 +16,11 @@ import json
 import torch
 
 from . import common
+from .reference import check_reference_source
 from .rl_setup import RolloutSetup, check_reward_columns
 from .loss import LogitsWorkspace
 from .rl_loss import grpo_token_losses, kl_penalty, reduce_token_losses
-from .rollout_trainer import Buffer
+from .rollout_trainer import Buffer, rollout_sequences
 from .token_scores import completion_scores, rows
 from .trainer import LossOutput
 from .forward import sequence_lengths
@@ -52,7 +53,7 @@ class GRPOExperience:
         g = self.completions_per_prompt
         sampled = self.generator.sample(model, prompt_ids, g)
         texts = self.tokenizer.batch_decode(sampled.completions, skip_special_tokens=True)
-        row_columns = [json.loads(e) for e in extra for _ in range(g)]
+        row_columns = [row for row in map(json.loads, extra) for _ in range(g)]
         prompts = [c.get("prompt", "") for c in row_columns]
         names = sorted({k for c in row_columns for k in c} - {"prompt"})
         columns = {k: [c.get(k) for c in row_columns] for k in names}
@@ -109,8 +110,7 @@ class GRPOExperience:
         return {k: v.to(device) for k, v in batch.items()}
 
     def batch(self, rollouts: list[dict]) -> dict:
-        out = self.pack([(r["prompt"] + r["completion"], [-100] * len(r["prompt"]) + r["completion"])
-                         for r in rollouts])
+        out = self.pack(rollout_sequences(rollouts))
         out["advantages"] = torch.tensor([r["advantage"] for r in rollouts], dtype=torch.float32)
         for key in ("old_logps", "ref_logps"):
             if key in rollouts[0]:
@@ -154,13 +154,12 @@ class GRPOObjective:
 
 
 def run(args) -> dict:
-    from functools import partial
-
-    from ..data.collator import pack_sequences
     from .rewards import parse_reward_weights, resolve_reward_funcs
 
     rl, training = args.rl, args.training
     tokenizer, template = common.start(args)
+    if rl.beta:
+        check_reference_source(args)
     rewards = resolve_reward_funcs(rl.reward_funcs, rl.format_pattern) if rl.reward_funcs else []
     check_reward_columns(rewards, args.data)
     data = common.load_data(args, tokenizer, template)
@@ -169,8 +168,8 @@ def run(args) -> dict:
     per_reward = [f"rewards/{name}/{k}" for name in names for k in ("mean", "std")]
 
     setup = RolloutSetup(args, tokenizer, template)
-    pack = partial(pack_sequences, padding_free=setup.padding_free, pad_token_id=tokenizer.pad_token_id)
-    scorer = setup.reward_scorer(pack) if rl.reward_model else None
+    pack = setup.pack
+    scorer = setup.reward_scorer() if rl.reward_model else None
     reference = setup.reference() if rl.beta else None
     keep_old = rl.num_iterations > 1
     experience = GRPOExperience(setup.generator, tokenizer, rewards, weights, scorer, reference, rl, pack,

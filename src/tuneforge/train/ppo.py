@@ -18,9 +18,11 @@ from ..models.value_head import CRITIC_HEAD_FILE
 from . import common
 from .forward import sequence_lengths
 from .loss import LogitsWorkspace
-from .rl_loss import AdaptiveKLController, FixedKLController, gae, kl_penalty, ppo_policy_losses, ppo_value_losses
+from .rl_loss import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_whiten, ppo_policy_losses,
+                      ppo_value_losses)
+from .reference import check_reference_source
 from .rl_setup import RolloutSetup
-from .rollout_trainer import Buffer, RolloutTrainer
+from .rollout_trainer import Buffer, RolloutTrainer, rollout_sequences
 from .token_scores import completion_scores
 from .trainer import LossOutput
 from .value_head_saving import ValueHeadSaving
@@ -35,30 +37,9 @@ def _padded(parts: list[torch.Tensor]) -> torch.Tensor:
     return pad_sequence(parts, batch_first=True)
 
 
-def _same(values: list[float]) -> list[float]:
-    return values
-
-
-def moments(values: torch.Tensor, reduce=_same) -> tuple[float, float]:
-    """(mean, unbiased variance) of `values` over every process's buffer (`reduce` sums lists across
-    processes), so two processes whiten as one process with both buffers would."""
-    total, squares, count = reduce([float(values.double().sum()), float((values.double() ** 2).sum()),
-                                    float(values.numel())])
-    mean = total / max(count, 1)
-    var = (squares - count * mean**2) / (count - 1) if count > 1 else 0.0
-    return mean, max(var, 0.0)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, reduce=_same, shift_mean: bool = True) -> torch.Tensor:
-    """rl_loss.masked_whiten with the statistics of all processes' buffers."""
-    mean, var = moments(x[mask], reduce)
-    out = (x - mean) / (var + 1e-8) ** 0.5
-    return torch.where(mask, out if shift_mean else out + mean, torch.zeros_like(x))
-
-
 class PPOExperience:
     completions_per_prompt = 1
-    reduce = staticmethod(_same)  # the trainer sets it to its sum over processes
+    reduce = None  # the trainer sets it to its sum over processes
 
     def __init__(self, generator, scorer, reference, rl, pack, temperature: float, micro_batch: int, chunk_size: int):
         self.generator, self.scorer, self.reference, self.rl = generator, scorer, reference, rl
@@ -77,15 +58,14 @@ class PPOExperience:
         kl = kl_penalty(old, ref, "k1") * mask
         normed = scores
         if rl.ppo_score_norm:
-            mean, var = moments(scores, self.reduce)
-            normed = (scores - mean) / (var ** 0.5 + 1e-8)
+            normed = masked_whiten(scores, torch.ones_like(scores, dtype=torch.bool), reduce=self.reduce)
         rewards = -self.kl.value * kl
         last = mask.sum(dim=1) - 1
         rewards[torch.arange(len(rollouts)), last] += normed
         if rl.ppo_whiten_rewards:
-            rewards = whiten(rewards, mask, self.reduce, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=self.reduce)
         advantages, returns = gae(rewards, values, mask, rl.ppo_gamma, rl.ppo_lam)
-        advantages = whiten(advantages, mask, self.reduce)
+        advantages = masked_whiten(advantages, mask, reduce=self.reduce)
         for i, r in enumerate(rollouts):
             n = len(r["completion"])
             r.update(old_logps=old[i, :n], old_values=values[i, :n], advantages=advantages[i, :n],
@@ -96,7 +76,8 @@ class PPOExperience:
                           "kl_coef": (self.kl.value, 1),
                           "completion_length": (float(mask.sum()), count),
                           "truncated_ratio": (float(count - sum(sampled.stopped)), count)}
-        kl_sum, total = self.reduce([float(kl_per_response.sum()), float(count)])
+        sums = [float(kl_per_response.sum()), float(count)]
+        kl_sum, total = self.reduce(sums) if self.reduce else sums
         self.kl.update(kl_sum / total, int(total))  # the same on every process
         return buffer
 
@@ -107,7 +88,7 @@ class PPOExperience:
         device = next(model.parameters()).device
         for start in range(0, len(buffer.rollouts), self.micro_batch):
             part = buffer.rollouts[start : start + self.micro_batch]
-            batch = {k: v.to(device) for k, v in self.pack(_sequences(part)).items()}
+            batch = {k: v.to(device) for k, v in self.pack(rollout_sequences(part)).items()}
             sizes = [len(r["completion"]) for r in part]
             policy = completion_scores(model, batch, self.temperature, self.chunk_size, values=True)
             with self.reference.scoring_model(model) as reference:
@@ -120,7 +101,7 @@ class PPOExperience:
         return _padded(old), _padded(values), _padded(ref)
 
     def batch(self, rollouts: list[dict]) -> dict:
-        out = self.pack(_sequences(rollouts))
+        out = self.pack(rollout_sequences(rollouts))
         for key in ("old_logps", "old_values", "advantages", "returns"):
             out[key] = torch.cat([r[key] for r in rollouts])
         return out
@@ -133,10 +114,6 @@ class PPOExperience:
 
     def load_state_dict(self, state: dict) -> None:
         self.kl.load_state_dict(state["kl"])
-
-
-def _sequences(rollouts: list[dict]) -> list[tuple[list[int], list[int]]]:
-    return [(r["prompt"] + r["completion"], [-100] * len(r["prompt"]) + r["completion"]) for r in rollouts]
 
 
 class PPOObjective:
@@ -165,16 +142,14 @@ class PPOTrainer(ValueHeadSaving, RolloutTrainer):
 
 
 def run(args) -> dict:
-    from functools import partial
-
-    from ..data.collator import pack_sequences
 
     rl, training = args.rl, args.training
     tokenizer, template = common.start(args)
+    check_reference_source(args)
     data = common.load_data(args, tokenizer, template)
     setup = RolloutSetup(args, tokenizer, template, value_head=True)
-    pack = partial(pack_sequences, padding_free=setup.padding_free, pad_token_id=tokenizer.pad_token_id)
-    scorer = setup.reward_scorer(pack)
+    pack = setup.pack
+    scorer = setup.reward_scorer()
     temperature = setup.sampling.logit_temperature
     experience = PPOExperience(setup.generator, scorer, setup.reference(), rl, pack, temperature,
                                training.per_device_train_batch_size, args.finetune.loss_chunk_size)

@@ -57,11 +57,10 @@ class RewardScorer:
         """One float32 score per reply, on the CPU."""
         sequences = [self.sequence(p, c) for p, c in zip(prompts, completions)]
         out = []
-        for start in range(0, len(sequences), self.batch_size):
-            part = sequences[start : start + self.batch_size]
-            batch = self.pack([(ids, ids) for ids in part])
-            with self._model(policy) as model:
-                device = next(model.parameters()).device
+        with self._model(policy) as model:  # one adapter switch for all of them
+            device = next(model.parameters()).device
+            for start in range(0, len(sequences), self.batch_size):
+                batch = self.pack([(ids, ids) for ids in sequences[start : start + self.batch_size]])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 out.append(score(self.head, last_token_hidden(model, batch)).float().cpu())
         return torch.cat(out)

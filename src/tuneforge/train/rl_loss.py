@@ -25,19 +25,28 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return x.sum() / m.sum().clamp(min=1) if dim is None else x.sum(dim) / m.sum(dim).clamp(min=1)
 
 
+def masked_moments(x: torch.Tensor, mask: torch.Tensor, reduce=None) -> tuple[float, float]:
+    """(mean, variance) over real entries, the variance unbiased (like torch.var) when there are at least
+    two. `reduce` (sums a list of floats over processes) takes them over every process's entries, so two
+    DDP processes whiten their buffers as one process with both would. Sums in float64: no gradient."""
+    values = x.detach()[mask.bool()].double()
+    sums = [float(values.sum()), float((values**2).sum()), float(values.numel())]
+    total, squares, count = reduce(sums) if reduce is not None else sums
+    mean = total / max(count, 1)
+    spread = max(squares - count * mean**2, 0.0)
+    return mean, spread / (count - 1) if count > 1 else spread / max(count, 1)
+
+
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Variance over real entries, unbiased (like torch.var) when there are at least two of them."""
-    count = mask.bool().sum()
-    centred, _ = _select(x - masked_mean(x, mask), mask)
-    var = (centred**2).sum() / count.clamp(min=1)
-    return var * count / (count - 1) if count > 1 else var
+    return torch.tensor(masked_moments(x, mask)[1], dtype=x.dtype)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, reduce=None) -> torch.Tensor:
     """Unit variance over real entries (zero mean unless shift_mean is False), padding 0: whitened
-    advantages make the policy step independent of the reward scale."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    advantages make the policy step independent of the reward scale. `reduce`: see masked_moments."""
+    mean, var = masked_moments(x, mask, reduce)
+    out = (x - mean) / (var + 1e-8) ** 0.5
     return _select(out if shift_mean else out + mean, mask)[0]
 
 

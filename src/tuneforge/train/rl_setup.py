@@ -4,6 +4,9 @@ bottom; what differs between the two stays in the recipe."""
 
 from __future__ import annotations
 
+from functools import partial
+
+from ..data.collator import pack_sequences
 from ..data.stops import stop_tokens
 from ..errors import ConfigError, TemplateError
 from . import common
@@ -70,6 +73,8 @@ class RolloutSetup:
             attach_value_head(self.model, new_value_head(hidden_size(self.model), seed=args.training.seed))
         common.decide_gradient_checkpointing(args, self.model)
         self.padding_free = common.use_padding_free(args, self.model)
+        # list of (ids, labels) -> a batch, padding-free or padded as the run trains
+        self.pack = partial(pack_sequences, padding_free=self.padding_free, pad_token_id=tokenizer.pad_token_id)
         if self.padding_free:
             use_varlen_attention(self.model)
         self.sampling = Sampling.from_args(args.generate, args.sources, rollout_dtype(args.rl.rollout_dtype))
@@ -81,11 +86,11 @@ class RolloutSetup:
 
         return build_reference(self.args, self.model, self.tokenizer)
 
-    def reward_scorer(self, pack):
+    def reward_scorer(self):
         from .reward_scorer import load_reward_scorer
 
         suffix = reply_suffix(self.template, self.tokenizer) or self.stop_ids[:1]
-        return load_reward_scorer(self.args, self.model, self.tokenizer, pack, suffix, self.stop_ids)
+        return load_reward_scorer(self.args, self.model, self.tokenizer, self.pack, suffix, self.stop_ids)
 
     def trainer(self, data, objective, experience, passes: int, steps_per_pass: int, metric_names=(),
                 trainer_class=None, **kwargs):

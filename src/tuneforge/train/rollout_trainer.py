@@ -43,6 +43,12 @@ class Buffer:
     forward_supervised: int = 0
 
 
+def rollout_sequences(rollouts: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of each rollout for data.collator.pack_sequences: prompt + completion, the completion
+    supervised."""
+    return [(r["prompt"] + r["completion"], [-100] * len(r["prompt"]) + r["completion"]) for r in rollouts]
+
+
 class RolloutBatchSampler:
     """For every micro-step, the indices of its buffer's prompts: a new set of `prompts_per_buffer` for each
     buffer (a seeded shuffle per epoch, each process its own share), repeated `repeats` times (the buffer's
@@ -92,6 +98,7 @@ class RolloutTrainer(TuneforgeTrainer):
         self.passes, self.steps_per_pass = passes, steps_per_pass
         self.buffer: Buffer | None = None
         self.micro_step: int | None = None  # micro-steps taken, this run (set from global_step on the first)
+        self._step_cache: tuple = (None, [], 0.0)  # (optimizer step, its rollouts, its item count)
 
     @property
     def steps_per_buffer(self) -> int:
@@ -119,20 +126,27 @@ class RolloutTrainer(TuneforgeTrainer):
         accumulation, size = self.args.gradient_accumulation_steps, self.args.per_device_train_batch_size
         if self.micro_step is None:
             self.micro_step = self.state.global_step * accumulation
-        number, position = divmod(self.state.global_step, self.steps_per_buffer)
+        number = self.state.global_step // self.steps_per_buffer
         if self.buffer is None or self.buffer.number != number:
             self.buffer = self._new_buffer(model, inputs, number)
-        pass_index, step_in_pass = divmod(position, self.steps_per_pass)
-        order = self._order(pass_index)
-        per_step = accumulation * size
-        step_rollouts = order[step_in_pass * per_step : (step_in_pass + 1) * per_step]
+        rollouts, items = self._step_rollouts()
         micro = self.micro_step % accumulation
-        chosen = [self.buffer.rollouts[i] for i in step_rollouts[micro * size : (micro + 1) * size]]
-        items = self.experience.count_items([self.buffer.rollouts[i] for i in step_rollouts])
-        items = self._sum_over_processes([float(items)])[0]
         self.micro_step += 1
-        batch = self.experience.batch(chosen)
+        batch = self.experience.batch(rollouts[micro * size : (micro + 1) * size])
         return super().training_step(model, batch, torch.tensor(items, device=self.args.device))
+
+    def _step_rollouts(self) -> tuple[list[dict], float]:
+        """This optimizer step's rollouts, in micro-batch order, and the item count its loss is divided by
+        (over every process): worked out once per step, not per micro-batch."""
+        step = self.state.global_step
+        if self._step_cache[0] != step:
+            pass_index, step_in_pass = divmod(step % self.steps_per_buffer, self.steps_per_pass)
+            per_step = self.args.gradient_accumulation_steps * self.args.per_device_train_batch_size
+            chosen = self._order(pass_index)[step_in_pass * per_step : (step_in_pass + 1) * per_step]
+            rollouts = [self.buffer.rollouts[i] for i in chosen]
+            items = self._sum_over_processes([float(self.experience.count_items(rollouts))])[0]
+            self._step_cache = (step, rollouts, items)
+        return self._step_cache[1], self._step_cache[2]
 
     def _new_buffer(self, model, inputs: dict, number: int) -> Buffer:
         with self.compute_loss_context_manager():
