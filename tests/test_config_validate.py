@@ -140,3 +140,21 @@ def test_lora_reward_model_needs_a_lora_adapter_and_a_lora_policy(tmp_path):
     _validate("stage=ppo", f"reward_model={full}", "reward_model_type=full", "finetuning_type=full")
     with pytest.raises(ConfigError, match="ppo_lam .*must be in \\[0, 1\\], got 1.5"):
         _validate("stage=ppo", f"reward_model={adapter}", "ppo_lam=1.5")
+
+
+@pytest.mark.parametrize("items,do_train,do_eval", [
+    (["do_predict=true", "predict_with_generate=true", "eval_dataset=e", "dataset=null"], False, False),  # LF predict
+    (["do_predict=true", "predict_with_generate=true", "do_train=true", "eval_dataset=e"], True, True),
+    (["eval_dataset=e"], True, True),
+    (["do_train=false", "eval_dataset=e"], False, True),
+])
+def test_a_prediction_config_without_do_train_only_predicts(items, do_train, do_eval):
+    args, train_kwargs = _validate(*items)
+    training = validate_module.training_arguments(args, train_kwargs)
+    assert (training.do_train, training.do_eval) == (do_train, do_eval)
+
+
+def test_predict_with_generate_without_predict_or_eval_is_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        _validate("predict_with_generate=true")
+    assert "predict_with_generate: no effect without do_predict or evaluation" in caplog.text

@@ -7,6 +7,7 @@ import os
 
 from ..errors import ConfigError
 from ..stages import PREFERENCE, READY, get_stage
+from .validate_predict import default_do_eval, default_do_train, validate_predict_keys
 from .validate_rl import validate_rl_keys
 
 logger = logging.getLogger("tuneforge")
@@ -74,7 +75,7 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
             "ACCELERATE_USE_FSDP=true (accelerate launch with an FSDP config): FSDP needs GPUs and none is available; "
             "run tuneforge train without accelerate launch, or with nproc_per_node for DDP on the CPU"
         )
-    if train_kwargs.get("do_train", True) and not d.dataset:
+    if default_do_train(train_kwargs) and not d.dataset:
         raise ConfigError("dataset is not set: name datasets from dataset_info.json or give a file path")
     if d.streaming and (train_kwargs.get("max_steps") or -1) <= 0:
         raise ConfigError(f"streaming{at('streaming')}: a streamed dataset has no length; set max_steps")
@@ -91,6 +92,7 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
         raise ConfigError(f"cutoff_len{at('cutoff_len')}: must be at least 2")
     validate_stage_keys(args, train_kwargs, at)
     validate_rl_keys(args, train_kwargs, at)
+    validate_predict_keys(args, train_kwargs, at)
 
 
 def _reference_needed(args) -> bool:
@@ -230,7 +232,7 @@ def training_arguments(args, train_kwargs: dict):
         kw["warmup_steps"] = float(ratio)  # transformers 5 reads a float in [0, 1) as a ratio of all steps
     kw.setdefault("output_dir", os.path.join("saves", f"{args.finetune.stage}-{args.finetune.finetuning_type}"))
     kw.setdefault("report_to", "none")
-    kw.setdefault("do_train", True)
+    kw.setdefault("do_train", default_do_train(train_kwargs))
     if args.finetune.disable_gradient_checkpointing:
         kw["gradient_checkpointing"] = False
     if "fsdp" in kw:
@@ -243,8 +245,7 @@ def training_arguments(args, train_kwargs: dict):
     kw.setdefault("ddp_find_unused_parameters", False)
     # Rank 0 tokenizes while the others wait at a barrier: a large dataset must not time them out.
     kw.setdefault("ddp_timeout", 7 * 24 * 3600)
-    if kw.get("eval_strategy", "no") != "no" or args.data.val_size or args.data.eval_dataset:
-        kw.setdefault("do_eval", True)
+    kw.setdefault("do_eval", default_do_eval(args, train_kwargs))
     if args.data.streaming and get_stage(args.finetune.stage).shape.name in ("pairwise", "kto"):
         # accelerate's dispatching of a streamed dataset concatenates and re-slices batches along their first
         # dimension, which per-pair tensors (num_items, reference log-probabilities) do not share with the

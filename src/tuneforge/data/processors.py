@@ -79,6 +79,21 @@ def unsupervised_example(template, tokenizer, conv: Conversation, opts: Processo
     return {"input_ids": history + kept[-1].prompt, "labels": kept[-1].response, "extra": extra}, truncated
 
 
+def prediction_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
+    """Batch prediction (sft's do_predict): the prompt of the last turn, rendered as training renders it, and
+    the reference response token ids (whole, to score against). The prompt fits cutoff_len the way a trained
+    last turn does: earlier turns are dropped from the front, then the last turn's prompt is cut in proportion
+    to its response, keeping the generation header."""
+    if len(conv.messages) < 2 or len(conv.messages) % 2:
+        return "no response to score against", False
+    turns, _suffix = encode_conversation(template, tokenizer, conv, conv.messages)
+    last = turns[-1]
+    history, cut = _fit_last_turn(turns[:-1], last, len(last.response), opts.cutoff_len)
+    truncated = len(history) < len(turns) - 1 or len(cut.prompt) < len(last.prompt)
+    prompt = [i for t in history for i in t.prompt + t.response] + cut.prompt
+    return {"input_ids": prompt, "labels": list(last.response)}, truncated
+
+
 def pairwise_example(template, tokenizer, conv: Conversation, opts: ProcessorOptions):
     """rm/dpo: a chosen and a rejected response to one shared prompt; only the responses are supervised.
 

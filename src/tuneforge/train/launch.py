@@ -49,8 +49,11 @@ def maybe_relaunch(argv: list[str]) -> int | None:
     from .common import check_output_dir, parse_train_args
 
     # Config mistakes are reported here, once and in one line, rather than by every worker under torchrun.
+    from .predict import predicts_only
+
     args = parse_train_args(argv)
-    check_output_dir(args.training, args.extra.get("overwrite_output_dir", False))
+    if not predicts_only(args.training):
+        check_output_dir(args.training, args.extra.get("overwrite_output_dir", False))
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={s['nproc_per_node']}", f"--nnodes={s['nnodes']}", f"--node_rank={s['node_rank']}",

@@ -119,9 +119,12 @@ class WindowMetrics:
 
 
 class TuneforgeTrainer(Trainer):
-    def __init__(self, *args, objective, length_sampler=None, batch_sampler=None, metric_names=(), **kwargs):
+    def __init__(self, *args, objective, length_sampler=None, batch_sampler=None, metric_names=(),
+                 generation_eval=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
+        # model -> metrics of answers generated for the eval prompts (predict_with_generate), or None
+        self.generation_eval = generation_eval
         # Under DeepSpeed or FSDP the LM head is whole only inside the model's forward (see *_sharded).
         objective.sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
         self.length_sampler = length_sampler
@@ -191,6 +194,15 @@ class TuneforgeTrainer(Trainer):
         elif "eval_loss" in logs:
             logs.update({f"eval_{k}": v for k, v in self.window.take("eval", self._sum_over_processes).items()})
         super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The loss over the eval data, plus the scores of generated answers when predict_with_generate."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.generation_eval is not None:
+            scores = self.generation_eval(self.model)
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
+        return output
 
     def get_train_dataloader(self):
         if self.batch_sampler is None:
