@@ -1,4 +1,4 @@
-"""One entry point: tuneforge train | chat | data preview | env | version."""
+"""One entry point: tuneforge train | chat | api | webchat | data preview | env | version."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ USAGE = """usage: tuneforge COMMAND [CONFIG.yaml] [key=value ...] [--key value .
 commands:
   train     fine-tune (stage pt or sft; lora, qlora, freeze or full)
   chat      talk to a model (+ adapter) in the terminal; --query "text" answers once
+  api       serve a model over the OpenAI API (chat, completions, score) on 127.0.0.1:8000
+  webchat   chat with a model in the browser on 127.0.0.1:7860
   data      data preview CONFIG.yaml: summary and tokenized examples (--num N, --json)
   env       versions and hardware
   version   the tuneforge version
@@ -41,6 +43,14 @@ def _dispatch(command: str, argv: list[str]) -> int:
         from .infer.chat import run_chat
 
         return run_chat(argv)
+    if command == "api":
+        from .infer.api.app import run_api
+
+        return run_api(argv)
+    if command == "webchat":
+        from .infer.webchat import run_webchat
+
+        return run_webchat(argv)
     if command == "data":
         from .data.preview import run_data
 

@@ -157,3 +157,13 @@ class GenerateArgs:
     repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty."})
     length_penalty: float = field(default=1.0, metadata={"help": "Beam length penalty."})
     query: Optional[str] = field(default=None, metadata={"help": "chat: answer this once and exit."})
+
+
+@dataclass
+class ServeArgs:
+    host: str = field(default="127.0.0.1", metadata={"help": "api/webchat: address to bind (env API_HOST); beyond loopback, set api_key."})
+    port: Optional[int] = field(default=None, metadata={"help": "api/webchat: port (env API_PORT; default 8000 for api, 7860 for webchat)."})
+    api_key: Optional[str] = field(default=None, metadata={"help": "api: clients must send `Authorization: Bearer <key>` (env API_KEY)."})
+    api_model_name: Optional[str] = field(default=None, metadata={"help": "api: the model id clients name (env API_MODEL_NAME; default the adapter's or model's folder name)."})
+    max_batch_size: int = field(default=16, metadata={"help": "api/webchat: answers generated together in one batch (n choices count n)."})
+    max_concurrent: int = field(default=64, metadata={"help": "api: requests waiting for a batch; beyond it the server answers 429."})

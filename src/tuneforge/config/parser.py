@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs
+from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs, ServeArgs
 
 # LLaMA-Factory keys that only tune its own internals: accepted so its YAML files run, with a warning.
 IGNORED_KEYS = {
@@ -156,6 +156,7 @@ class Args:
     preference: PreferenceArgs
     rl: RLArgs
     generate: GenerateArgs
+    serve: ServeArgs
     training: object | None  # Seq2SeqTrainingArguments for `train`, else None
     sources: dict  # key -> where it was set
     ignored: list
@@ -168,7 +169,8 @@ EXTRA_TRAIN_KEYS = {"overwrite_output_dir": bool, "group_by_length": bool, "logg
 def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dict]:
     """Splits raw keys among the dataclasses; returns Args and the TrainingArguments kwargs (not yet built,
     so validation can adjust them)."""
-    groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, RLArgs, GenerateArgs)}
+    groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, RLArgs, GenerateArgs,
+                                                           ServeArgs)}
     training_types = {}
     if with_training:
         from transformers import Seq2SeqTrainingArguments
@@ -184,6 +186,9 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else "; see the config reference in README.md"
             raise ConfigError(f"{rv.where}: unknown key {key!r}{hint}")
+        if with_training and key in groups[ServeArgs]:
+            raise ConfigError(f"{rv.where}: {key!r} is a serving key (tuneforge api/webchat); remove it from the "
+                              "training config or pass it to `tuneforge api`")
         if key in IGNORED_KEYS:
             ignored.append(key)
             continue
@@ -207,6 +212,7 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
             preference=PreferenceArgs(**kwargs[PreferenceArgs]),
             rl=RLArgs(**kwargs[RLArgs]),
             generate=GenerateArgs(**kwargs[GenerateArgs]),
+            serve=ServeArgs(**kwargs[ServeArgs]),
             training=None,
             sources={k: v.where for k, v in raw.items()},
             ignored=ignored,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs
+from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs, ServeArgs
 
 GROUPS = [("Model", ModelArgs), ("Data", DataArgs), ("Method and training extras", FinetuneArgs),
           ("Reward and preference stages (rm, dpo, kto)", PreferenceArgs),
-          ("RLHF stages (ppo, grpo)", RLArgs), ("Generation (chat)", GenerateArgs)]
+          ("RLHF stages (ppo, grpo)", RLArgs), ("Generation (chat, api, predict)", GenerateArgs),
+          ("Serving (api, webchat)", ServeArgs)]
 
 
 def markdown() -> str:
