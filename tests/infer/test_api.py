@@ -165,22 +165,81 @@ def test_bad_requests_are_openai_errors_and_the_server_keeps_serving(served):
     assert reply.choices[0].message.content == greedy(engine, HELLO)
 
 
-def test_a_client_that_disconnects_frees_its_rows(served):
-    engine, _, url = served
+def never_stop(engine):
+    """Makes the model avoid its stop tokens, so an answer runs to max_tokens unless it is cancelled."""
+
+    def hook(module, args, kwargs, output):
+        output.logits[..., engine.stop_ids] = -1e4
+        return output
+
+    return engine.model.register_forward_hook(hook, with_kwargs=True)
+
+
+def steps_after_hang_up(engine, hang_up) -> tuple[int, int]:
+    """Forward passes counted when the client has hung up, and one second later."""
     steps = []
-    hook = engine.model.register_forward_pre_hook(lambda *a: steps.append(1))
+    hooks = [engine.model.register_forward_pre_hook(lambda *a: steps.append(1)), never_stop(engine)]
     try:
-        body = {"model": "tiny", "messages": HELLO, "max_tokens": 500, "stream": True, "temperature": 0}
+        hang_up()
+        threading.Event().wait(1.2)  # the server notices within its 0.5 s disconnect check
+        at_hang_up = len(steps)
+        threading.Event().wait(1.0)
+        return at_hang_up, len(steps)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_a_streaming_client_that_disconnects_frees_its_rows(served):
+    engine, _, url = served
+
+    def hang_up():
+        body = {"model": "tiny", "messages": HELLO, "max_tokens": 900, "stream": True, "temperature": 0}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
             for line in response.iter_lines():
                 if '"content": "' in line and '"content": ""' not in line:
                     break  # one real token arrived; hang up
-        reply = openai.OpenAI(base_url=url + "/v1", api_key="x").chat.completions.create(
-            model="tiny", messages=HELLO, max_tokens=2)
-    finally:
-        hook.remove()
+
+    before, later = steps_after_hang_up(engine, hang_up)
+    assert later == before < 900  # nothing runs for the departed client
+
+
+def test_a_client_that_times_out_frees_its_rows(served):
+    engine, _, url = served
+
+    def hang_up():
+        body = {"model": "tiny", "messages": HELLO, "max_tokens": 900, "temperature": 0}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=0.5)
+
+    before, later = steps_after_hang_up(engine, hang_up)
+    assert later == before < 900
+    reply = openai.OpenAI(base_url=url + "/v1", api_key="x").chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=2)
+    assert reply.usage.completion_tokens <= 2
+
+
+def test_fields_the_server_cannot_honour_are_refused(served):
+    _, client, _ = served
+    for extra, words in [({"reasoning_effort": "high"}, "reasoning_effort"), ({"parallel_tool_calls": False}, "parallel"),
+                         ({"modalities": ["text", "audio"]}, "modalities"), ({"store": True}, "store")]:
+        with pytest.raises(openai.BadRequestError, match=words):
+            client.chat.completions.create(model="tiny", messages=HELLO, **extra) if "reasoning" not in words else \
+                client.chat.completions.create(model="tiny", messages=HELLO, extra_body=extra)
+    named = [{"role": "user", "content": "hi", "name": "bob"}]
+    with pytest.raises(openai.BadRequestError, match="'name' has no place"):
+        client.chat.completions.create(model="tiny", messages=named)
+    both = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Let me see.", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "1"}]
+    with pytest.raises(openai.BadRequestError, match="both content and tool_calls"):
+        client.chat.completions.create(model="tiny", messages=both)
+    with pytest.raises(openai.BadRequestError, match="shorten the prompt"):
+        client.completions.create(model="tiny", prompt="hi " * 2000)
+    # honoured extras of vLLM's API: min_p, top_k, repetition_penalty
+    reply = client.chat.completions.create(model="tiny", messages=HELLO, temperature=1.0, seed=1,
+                                           extra_body={"min_p": 0.5, "top_k": 5, "repetition_penalty": 1.2})
     assert reply.choices[0].message.content is not None
-    assert len(steps) < 200  # the 500-token answer stopped when its client went away
 
 
 def test_api_key_is_required_when_set():

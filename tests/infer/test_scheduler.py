@@ -183,3 +183,76 @@ def test_requests_join_a_running_batch_and_answer_as_alone(engine):
     assert finished["long"] == alone[0]
     # the late requests were decoded in the same steps as the long one
     assert any(batch > 1 and width == 1 for batch, width in shapes)
+
+
+def test_a_batch_that_never_empties_does_not_grow(tok):
+    """Under steady load rows keep leaving and joining; the cache and mask must only span live rows."""
+    model = tiny_llama(tok, initializer_range=0.2)
+    model.eval()
+    engine = ChatEngine(model, tok, AutoTemplate(), GenerateArgs(), max_batch_size=4, max_waiting=16)
+
+    widths = []
+    engine.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["attention_mask"].shape[1]),
+                                           with_kwargs=True)
+    longest = max(len(p) for p in prompts(engine)) + 12
+
+    def client(k):
+        for _ in range(12):
+            _, done, _ = collect(engine, prompts(engine)[k % 4], SamplingParams(max_new_tokens=4 + k % 9))
+            assert done.wait(30)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.close()
+    assert len(widths) > 100 and max(widths) <= 2 * longest
+
+
+def test_cancelled_requests_do_not_count_against_the_queue_bound(engine):
+    gate = Gate(engine.model)
+    blocker, _, _ = collect(engine, prompts(engine)[1], SamplingParams(max_new_tokens=4))
+    assert gate.entered.wait(30)
+    waiting = [collect(engine, p, SamplingParams(max_new_tokens=4))[0] for p in prompts(engine)[:3]]
+    with pytest.raises(Busy):
+        collect(engine, prompts(engine)[0], SamplingParams(max_new_tokens=4))
+    for request in waiting:
+        request.cancel()
+    _, done, _ = collect(engine, prompts(engine)[0], SamplingParams(max_new_tokens=4))
+    gate.open.set()
+    assert done.wait(30)
+
+
+def test_close_fails_what_is_still_waiting_or_generating(engine):
+    from tuneforge.infer.scheduler import Failed
+
+    gate = Gate(engine.model)
+    failures = []
+    sink = lambda e: failures.append(e) if isinstance(e, Failed) else None  # noqa: E731
+    engine.submit(prompts(engine)[1], SamplingParams(max_new_tokens=50), 1, sink)
+    assert gate.entered.wait(30)
+    engine.submit(prompts(engine)[0], SamplingParams(max_new_tokens=50), 1, sink)
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    gate.open.set()
+    closer.join(30)
+    assert len(failures) == 2 and all("shutting down" in str(f.error) for f in failures)
+
+
+def test_incremental_text_equals_decoding_everything(tok):
+    import random
+
+    from tuneforge.infer.detokenize import TextStream
+
+    rng = random.Random(0)
+    stop = tok.convert_tokens_to_ids("<|im_end|>")
+    text = "你好，我是一个助手。 Hello! def add(a, b): return a + b 今天天气很好。"
+    for trial in range(20):
+        ids = tok.encode(text, add_special_tokens=False)
+        ids = ids + [rng.randrange(len(tok)) for _ in range(30)]
+        ids = [i for i in ids if i != stop]
+        stream = TextStream(tok, [stop])
+        pieces = [stream.push(i) for i in ids] + [stream.close()]
+        assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+        assert all("\ufffd" not in p for p in pieces[: len(tok.encode(text, add_special_tokens=False))])

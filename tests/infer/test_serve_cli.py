@@ -115,3 +115,14 @@ def test_llamafactory_inference_yaml_serves_with_only_the_model_changed(tiny_mod
         assert engine.tokenizer.decode(engine.prompt_ids([Message("user", "Hi")])).startswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     finally:
         engine.close()
+
+
+def test_webchat_refuses_api_only_keys(tiny_model_dir, monkeypatch, caplog):
+    monkeypatch.setenv("API_KEY", "ignored-for-the-page")
+    _, s = parse_serve_args([f"model_name_or_path={tiny_model_dir}"], "webchat", 7860)
+    assert s.api_key is None and s.port == 7860
+    with pytest.raises(ConfigError, match="api_key is for `tuneforge api`"):
+        parse_serve_args([f"model_name_or_path={tiny_model_dir}", "api_key=k"], "webchat", 7860)
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        warn_if_exposed("0.0.0.0", None, "tuneforge webchat")
+    assert "through the page" in caplog.text and "api_key" not in caplog.text

@@ -104,7 +104,8 @@ def test_predictions_are_each_prompts_own_greedy_answer(tiny_model_dir, data_dir
                          "do_predict=true", "predict_with_generate=true", "per_device_eval_batch_size=3",
                          "max_new_tokens=12", f"output_dir={out}", "cutoff_len=64"])
     rows = read_jsonl(os.path.join(out, "generated_predictions.jsonl"))
-    assert [r["label"] for r in rows] == [r["output"] for r in ROWS]
+    # As LLaMA-Factory's labels: the trained response without special tokens, chatml's newline after <|im_end|> kept
+    assert [r["label"] for r in rows] == [r["output"] + "\n" for r in ROWS]
 
     # each prompt alone (batch of one, no padding), rendered the way chat renders it
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -140,7 +141,7 @@ def test_llamafactory_predict_config_runs_with_model_template_and_data_changed(
     assert code == 0 and f"merged adapter {lora_adapter}" in caplog.text
     out = tmp_path / config["output_dir"]
     rows = read_jsonl(out / "generated_predictions.jsonl")
-    assert [r["label"] for r in rows] == [r["output"] for r in ROWS[:4]]  # identity, then alpaca_en_demo
+    assert [r["label"] for r in rows] == [r["output"] + "\n" for r in ROWS[:4]]  # identity, then alpaca_en_demo
     assert [r["predict"] for r in rows] == ["I am"] * 4  # the end-of-turn token is not part of the answer
     assert all(r["prompt"].startswith("<|im_start|>user\n") and r["prompt"].endswith("<|im_start|>assistant\n")
                for r in rows)

@@ -5,6 +5,10 @@ multi-token stop words and a request's `stop`; cut before it), or when its token
 still growing, the text shown so far never ends in half a UTF-8 character (decoded as U+FFFD until the next
 byte arrives) or in what may be the beginning of a stop string, so streamed pieces always join to the final
 answer.
+
+Decoding is incremental: each token decodes a short window (the previous token's ids and the new ones) and
+the difference is appended, so a long answer costs the same per token as a short one. The window keeps the
+context a tokenizer needs (SentencePiece drops a word's leading space at the start of a decode).
 """
 
 from __future__ import annotations
@@ -16,11 +20,19 @@ class TextStream:
         self.stop_ids = set(stop_ids)
         self.stop_strings = [s for s in stop_strings if s]
         self.ids: list[int] = []
+        self._decoded = ""  # text of ids[:_read]
+        self._prefix = 0  # where the decode window starts
+        self._read = 0  # ids already turned into text
         self.sent = ""  # text handed out so far
         self.finish_reason: str | None = None  # "stop" or "length" once the answer has ended
 
-    def _text(self) -> str:
-        return self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _pending(self) -> str:
+        """Text of the ids not yet settled (may end in U+FFFD)."""
+        window = self.ids[self._prefix:]
+        return self._decode(window)[len(self._decode(self.ids[self._prefix:self._read])):]
 
     def _emit(self, text: str) -> str:
         if len(text) > len(self.sent) and text.startswith(self.sent):
@@ -32,20 +44,25 @@ class TextStream:
         """Adds one generated token; returns the new text that is safe to show (maybe "")."""
         if token in self.stop_ids:
             self.finish_reason = "stop"
-            return self._emit(self._text())
+            return self._emit(self._decoded + self._pending())
         self.ids.append(token)
-        text = self._text()
-        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        new = self._pending()
+        if new.endswith("\ufffd"):
+            return ""  # half a character: wait for its next byte
+        start = max(0, len(self._decoded) - max((len(s) for s in self.stop_strings), default=0))
+        self._decoded += new
+        self._prefix, self._read = self._read, len(self.ids)
+        cut = min((i for i in (self._decoded.find(s, start) for s in self.stop_strings) if i >= 0), default=-1)
         if cut >= 0:
             self.finish_reason = "stop"
-            return self._emit(text[:cut])
-        return self._emit(self._held_back(text))
+            return self._emit(self._decoded[:cut])
+        return self._emit(self._held_back(self._decoded))
 
     def close(self, reason: str = "length") -> str:
         """Ends the answer (token budget spent); returns the text held back until now."""
         if self.finish_reason is None:
             self.finish_reason = reason
-            return self._emit(self._text())
+            return self._emit(self._decoded + self._pending())
         return ""
 
     @property
@@ -53,7 +70,6 @@ class TextStream:
         return self.sent
 
     def _held_back(self, text: str) -> str:
-        text = text.rstrip("\ufffd")
         for word in self.stop_strings:
             for size in range(min(len(word) - 1, len(text)), 0, -1):
                 if text.endswith(word[:size]):

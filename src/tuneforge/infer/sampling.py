@@ -3,7 +3,7 @@
 Requests batched together keep their own settings: one may be greedy and the next sample at temperature 0.8
 with top_p 0.9, a seed and a frequency penalty. The batch's logits are computed once; the choice is made row
 by row, in float32, in this order: repetition penalty (Hugging Face's: over prompt and answer), presence and
-frequency penalties (OpenAI's: over the answer only), then greedy argmax or temperature, top-k, top-p and a
+frequency penalties (OpenAI's: over the answer only), then greedy argmax or temperature, top-k, min-p, top-p and a
 draw from the row's own random generator (seeded per request and choice, so a seed reproduces an answer
 whatever else shares the batch).
 """
@@ -21,6 +21,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k cut
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -40,20 +41,22 @@ class SamplingParams:
                    repetition_penalty=g.repetition_penalty)
 
 
-def row_generator(seed: int | None, choice: int) -> torch.Generator | None:
-    """The random source of one answer: seed + choice index, so the n answers of a request differ."""
+def row_generator(seed: int | None, choice: int, device="cpu") -> torch.Generator | None:
+    """The random source of one answer, on the logits' device: seed + choice index, so the n answers of a
+    request differ."""
     if seed is None:
         return None
-    return torch.Generator().manual_seed(int(seed) + choice)
+    return torch.Generator(device=device).manual_seed(int(seed) + choice)
 
 
 def _penalised(logits: torch.Tensor, params: SamplingParams, prompt: torch.Tensor, answer: list[int]) -> torch.Tensor:
     if params.repetition_penalty != 1.0:
-        seen = torch.cat([prompt, torch.tensor(answer, dtype=torch.long)]).unique()
+        seen = torch.cat([prompt, torch.tensor(answer, dtype=torch.long)]).unique().to(logits.device)
         picked = logits[seen]
         logits[seen] = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
     if (params.presence_penalty or params.frequency_penalty) and answer:
-        counts = torch.bincount(torch.tensor(answer, dtype=torch.long), minlength=logits.shape[0]).to(logits.dtype)
+        answer_ids = torch.tensor(answer, dtype=torch.long, device=logits.device)
+        counts = torch.bincount(answer_ids, minlength=logits.shape[0]).to(logits.dtype)
         logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
 
@@ -63,6 +66,9 @@ def _draw(logits: torch.Tensor, params: SamplingParams, generator: torch.Generat
     if 0 < params.top_k < logits.shape[0]:
         kth = torch.topk(logits, params.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
     if params.top_p < 1.0:
         ordered, order = torch.sort(logits, descending=True)
         cumulative = ordered.softmax(-1).cumsum(-1)

@@ -32,6 +32,10 @@ class Busy(Exception):
     """Too many requests are waiting; try again later."""
 
 
+class _ShuttingDown(Exception):
+    """close() was called while a batch was generating."""
+
+
 @dataclass
 class Delta:
     index: int  # choice
@@ -71,14 +75,14 @@ class Request:
 
 
 class _Row:
-    def __init__(self, request: Request, index: int, stream: TextStream):
+    def __init__(self, request: Request, index: int, stream: TextStream, device="cpu"):
         self.request = request
         self.index = index
         self.params = request.params
         self.prompt = torch.tensor(request.prompt_ids, dtype=torch.long)
         self.answer: list[int] = []
         self.stream = stream
-        self.generator = row_generator(request.params.seed, index)
+        self.generator = row_generator(request.params.seed, index, device)
 
     def take(self, token: int) -> bool:
         """Records a generated token, sends what became showable; True when the answer has ended."""
@@ -128,29 +132,44 @@ class Scheduler:
             raise RuntimeError("the scheduler is closed")
         if n > self.max_batch_size:
             raise ValueError(f"n={n} is more than max_batch_size={self.max_batch_size}")
-        if self._waiting.qsize() >= self.max_waiting:
+        if self._waiting.qsize() >= self.max_waiting and self._live_waiting() >= self.max_waiting:
             raise Busy(f"{self.max_waiting} requests are already waiting")
         request = Request(prompt_ids, params, n, sink or (lambda event: None))
         self._waiting.put(request)
         return request
 
+    def _live_waiting(self) -> int:
+        """Waiting requests whose client still wants them (cancelled ones are dropped when reached)."""
+        with self._waiting.mutex:
+            waiting = list(self._waiting.queue)
+        return sum(1 for r in waiting if r is not None and not r.cancelled)
+
     def close(self) -> None:
+        """Stops after the current step; every request not finished by then gets Failed (shutting down)."""
         self._closed.set()
         self._waiting.put(None)  # wakes the thread
-        self._thread.join(timeout=30)
+        self._thread.join()
+        left = [self._carry] if self._carry is not None else []
+        while not self._waiting.empty():
+            left.append(self._waiting.get_nowait())
+        for request in left:
+            if request is not None and not request.cancelled:
+                request.sink(Failed(RuntimeError("the server is shutting down")))
 
     # -- the scheduler thread --------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._closed.is_set():
-            rows = self._take(self.max_batch_size, block=True)
-            if not rows:
-                continue
+            self._failed_requests = set()
             try:
-                self._generate(rows)
+                rows = self._take(self.max_batch_size, block=True)
+                if rows:
+                    self._generate(rows)
             except BaseException as e:  # noqa: BLE001 -- reported to the requests; the server keeps serving
-                logger.exception("generation failed")
+                if not isinstance(e, _ShuttingDown):
+                    logger.exception("generation failed")
                 for request in self._failed_requests:
-                    request.sink(Failed(e))
+                    request.sink(Failed(RuntimeError("the server is shutting down") if isinstance(e, _ShuttingDown)
+                                        else e))
 
     def _take(self, room: int, block: bool) -> list[_Row]:
         """Rows of the waiting requests that fit in `room` (a request's n rows are never split)."""
@@ -173,7 +192,7 @@ class Scheduler:
 
     def _row(self, request: Request, index: int) -> _Row:
         stream = TextStream(self.tokenizer, self.stop_ids, self.stop_strings + list(request.params.stop))
-        return _Row(request, index, stream)
+        return _Row(request, index, stream, next(self.model.parameters()).device)
 
     @torch.inference_mode()
     def _generate(self, rows: list[_Row]) -> None:
@@ -182,8 +201,10 @@ class Scheduler:
         self._failed_requests = {r.request for r in rows}
         batch = self._prefill(rows)
         while batch is not None:
+            if self._closed.is_set():
+                raise _ShuttingDown
             room = self.max_batch_size - len(batch.rows)
-            if room > 0 and batch.joinable and not self._waiting.empty():
+            if room > 0 and batch.joinable and (self._carry is not None or not self._waiting.empty()):
                 joining = self._take(room, block=False)
                 if joining:
                     self._failed_requests |= {r.request for r in joining}
@@ -245,8 +266,21 @@ class _Batch:
             self.cache.batch_select_indices(index)
             self.mask, self.positions = self.mask[index], self.positions[index]
             self.rows, chosen = [self.rows[i] for i in keep], [chosen[i] for i in keep]
+            self._trim()
         self.pending = torch.tensor(chosen, device=self.mask.device).unsqueeze(1)
         return self
+
+    def _trim(self) -> None:
+        """Drops the leading cache positions no row attends to any more (left padding of rows that left), so a
+        batch that never empties under steady load does not grow without bound."""
+        if not self.joinable:
+            return
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if len(used) else 0
+        if first > 0:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
 
     @staticmethod
     def merge(a: "_Batch | None", b: "_Batch | None") -> "_Batch | None":
@@ -270,4 +304,5 @@ class _Batch:
         a.positions = torch.cat([a.positions, b.positions])
         a.pending = torch.cat([a.pending, b.pending])
         a.rows = a.rows + b.rows
+        a._trim()
         return a

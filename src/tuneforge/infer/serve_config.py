@@ -37,8 +37,16 @@ def parse_serve_args(argv: list[str], command: str, default_port: int):
             f"(e.g. `tuneforge {command} --model_name_or_path saves/my-model`)"
         )
     serve, sources = args.serve, args.sources
+    if command == "webchat":
+        for key in ("api_key", "api_model_name"):
+            if key in sources:
+                raise ConfigError(f"{sources[key]}: {key} is for `tuneforge api`; the web chat page has no API key "
+                                  "or model name (keep it on 127.0.0.1, or put it behind a proxy that checks users)")
     values = {}
     for key, env in ENV.items():
+        if command == "webchat" and key in ("api_key", "api_model_name"):
+            values[key] = None
+            continue
         value = getattr(serve, key)
         if key not in sources and os.environ.get(env):
             value = os.environ[env]
@@ -72,7 +80,10 @@ def is_loopback(host: str) -> bool:
 
 def warn_if_exposed(host: str, api_key: str | None, command: str) -> None:
     if not is_loopback(host):
-        if api_key:
+        if "webchat" in command:
+            logger.warning("%s binds to %s: anyone who can reach this machine can use the model through the page; "
+                           "bind to 127.0.0.1 unless that is intended", command, host)
+        elif api_key:
             logger.warning("%s binds to %s: it is reachable from other machines (clients need the api_key)",
                            command, host)
         else:

@@ -54,7 +54,6 @@ def load_prediction_set(args, tokenizer, template, which: str = "predict") -> Pr
     """The prompts and reference answers of the rows to predict (see _rows); None when there are none."""
     from ..data.conversation import Conversation
     from ..data.processors import ProcessorOptions, prediction_example
-    from ..data.stops import stop_tokens
 
     try:
         with args.training.main_process_first(desc="loading rows to predict"):
@@ -64,7 +63,6 @@ def load_prediction_set(args, tokenizer, template, which: str = "predict") -> Pr
         raise DataError(f"{key} (the rows whose generated answers are scored against their responses): {e}") from None
     if rows is None:
         return None
-    stop_ids, stop_strings = stop_tokens(tokenizer, template)
     opts = ProcessorOptions(args.data.cutoff_len)
     prompts, labels, dropped, truncated = [], [], {}, 0
     for row in rows:
@@ -74,7 +72,9 @@ def load_prediction_set(args, tokenizer, template, which: str = "predict") -> Pr
             continue
         truncated += cut
         prompts.append(example["input_ids"])
-        labels.append(answer_text(tokenizer, example["labels"], stop_ids, stop_strings))
+        # As LLaMA-Factory: the whole trained response decoded without special tokens, so template text after
+        # the end-of-turn token (chatml's newline) stays in the label and the scores compare with its numbers.
+        labels.append(tokenizer.decode(example["labels"], skip_special_tokens=True))
     if args.training.process_index == 0:
         for line in report.summary_lines():
             print(f"[predict] {line}")

@@ -17,6 +17,26 @@ logger = logging.getLogger("tuneforge")
 OPEN_PATHS = {"/health"}  # answered without the API key, for load balancers and readiness probes
 
 
+class _RequireKey:
+    """ASGI middleware: every path but /health needs `Authorization: Bearer <key>`. (Plain ASGI rather than
+    Starlette's BaseHTTPMiddleware, which would wrap `receive` and hide a client's disconnect from handlers.)"""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key):
+            return await self.app(scope, receive, send)
+        from fastapi.responses import JSONResponse
+
+        error = APIError(401, "missing or wrong API key; send `Authorization: Bearer <key>`", code="invalid_api_key")
+        await JSONResponse(error.body(), status_code=401)(scope, receive, send)
+
+
 def create_app(settings, engine=None, reward=None):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -28,15 +48,8 @@ def create_app(settings, engine=None, reward=None):
     def error(e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if settings.api_key and request.url.path not in OPEN_PATHS:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-                return error(APIError(401, "missing or wrong API key; send `Authorization: Bearer <key>`",
-                                      code="invalid_api_key"))
-        return await call_next(request)
+    if settings.api_key:
+        app.add_middleware(_RequireKey, key=settings.api_key)
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):

@@ -14,6 +14,15 @@ from ...data.conversation import ASSISTANT, FUNCTION, OBSERVATION, USER, Message
 from ..sampling import SamplingParams
 from .errors import APIError, bad
 
+# Fields a request may carry: those honoured, and those that change nothing about an answer.
+SAMPLING_FIELDS = {"model", "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "n",
+                   "seed", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "stream",
+                   "stream_options", "logprobs", "top_logprobs", "logit_bias", "best_of", "user", "metadata",
+                   "store", "service_tier", "safety_identifier", "prompt_cache_key"}
+CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "tools", "tool_choice", "parallel_tool_calls", "response_format",
+                                 "modalities", "functions", "function_call", "audio", "prediction"}
+COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "echo", "suffix"}
+
 UNSUPPORTED = {
     "logit_bias": "logit_bias is not supported",
     "functions": "the legacy `functions` field is not supported; send `tools`",
@@ -97,7 +106,21 @@ def _stop(body: dict) -> list[str]:
     return [s for s in stops if s]
 
 
+def _refuse_unknown(body: dict, known: set[str]) -> None:
+    for key in body:
+        if key not in known:
+            raise bad(f"unknown or unsupported field {key!r}; this server cannot honour it", key,
+                      "unsupported_parameter")
+
+
 def _refuse_unsupported(body: dict) -> None:
+    if body.get("store"):
+        raise bad("store is not supported: nothing is kept after the answer", "store", "unsupported_parameter")
+    if body.get("parallel_tool_calls") is False:
+        raise bad("parallel_tool_calls: false is not supported; the model may call several tools in one turn",
+                  "parallel_tool_calls", "unsupported_parameter")
+    if body.get("modalities") not in (None, ["text"]):
+        raise bad("only text output is supported (modalities: [\"text\"])", "modalities", "unsupported_parameter")
     for key, why in UNSUPPORTED.items():
         value = body.get(key)
         if value not in (None, {}, []) and not (key == "best_of" and value == 1):
@@ -130,6 +153,7 @@ def _sampling(body: dict, defaults: SamplingParams, max_n: int, default_max_toke
         temperature=temperature,
         top_p=top_p if top_p is not None else default_top_p,
         top_k=_number(body, "top_k", -1, 1 << 20, integer=True, default=defaults.top_k if temperature else 0),
+        min_p=_number(body, "min_p", 0, 1, default=0.0),
         repetition_penalty=_number(body, "repetition_penalty", 0.01, 10, default=defaults.repetition_penalty),
         presence_penalty=_number(body, "presence_penalty", -2, 2, default=0.0),
         frequency_penalty=_number(body, "frequency_penalty", -2, 2, default=0.0),
@@ -188,6 +212,10 @@ def to_messages(raw) -> tuple[list[Message], str | None]:
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad(f"{where} must be an object with role and content", "messages")
+        extra = set(m) - {"role", "content", "tool_calls", "tool_call_id", "refusal"}
+        if extra:
+            raise bad(f"{where}: the field {sorted(extra)[0]!r} has no place in the chat template; remove it",
+                      "messages")
         role = m.get("role")
         if role in ("system", "developer"):
             if out:
@@ -197,6 +225,10 @@ def to_messages(raw) -> tuple[list[Message], str | None]:
             out.append(Message(USER, _text(m.get("content"), where)))
         elif role == "assistant":
             if m.get("tool_calls"):
+                if _text(m.get("content"), where).strip():
+                    raise bad(f"{where}: an assistant message with both content and tool_calls cannot be rendered "
+                              "by the template (a tool-calling turn holds only its calls); send content: null",
+                              "messages")
                 out.append(Message(FUNCTION, _calls_json(m["tool_calls"], where)))
             else:
                 out.append(Message(ASSISTANT, _text(m.get("content"), where)))
@@ -236,12 +268,14 @@ def _tools(body: dict) -> str | None:
 
 
 def parse_chat(body: dict, defaults: SamplingParams, max_n: int) -> ChatRequest:
+    _refuse_unknown(body, CHAT_FIELDS)
     messages, system = to_messages(body.get("messages"))
     params, n, stream, usage, given = _sampling(body, defaults, max_n, defaults.max_new_tokens)
     return ChatRequest(messages, system, _tools(body), params, n, stream, usage, given)
 
 
 def parse_completion(body: dict, defaults: SamplingParams, max_n: int) -> CompletionRequest:
+    _refuse_unknown(body, COMPLETION_FIELDS)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]

@@ -17,7 +17,7 @@ import uuid
 from ...errors import TuneforgeError
 from ..scheduler import Busy, Delta, Failed, Finished
 from .errors import APIError, bad
-from .protocol import check_model, parse_chat, parse_completion, read_json
+from .protocol import check_model, parse_chat, parse_completion
 from .tool_calls import parse_tool_calls
 
 logger = logging.getLogger("tuneforge")
@@ -42,11 +42,11 @@ def _submit(engine, prompt_ids, params, n):
         raise APIError(429, f"the server is busy ({e}); retry shortly", code="rate_limit_exceeded") from None
 
 
-def _fit_context(engine, prompt_ids: list[int], params, given: bool) -> None:
+def _fit_context(engine, prompt_ids: list[int], params, given: bool, what: str = "messages") -> None:
     context = engine.context_length
     if len(prompt_ids) >= context:
         raise bad(f"the prompt is {len(prompt_ids)} tokens, but the model's context length is {context}; "
-                  "shorten the messages", "messages", "context_length_exceeded")
+                  f"shorten the {what}", what, "context_length_exceeded")
     room = context - len(prompt_ids)
     if params.max_new_tokens > room:
         if given:
@@ -59,13 +59,16 @@ def _fit_context(engine, prompt_ids: list[int], params, given: bool) -> None:
 async def _collect(events: _Events, handle, n: int, request) -> dict[int, Finished]:
     """Waits for all n answers; cancels the request if the client goes away meanwhile."""
     done: dict[int, Finished] = {}
+    checked = time.monotonic()
     try:
         while len(done) < n:
-            try:
-                event = await asyncio.wait_for(events.queue.get(), timeout=1.0)
-            except asyncio.TimeoutError:
+            if time.monotonic() - checked > 0.5:  # on a clock: events keep coming while the answer grows
+                checked = time.monotonic()
                 if await request.is_disconnected():
-                    raise asyncio.CancelledError from None
+                    raise asyncio.CancelledError
+            try:
+                event = await asyncio.wait_for(events.queue.get(), timeout=0.5)
+            except asyncio.TimeoutError:
                 continue
             if isinstance(event, Finished):
                 done[event.index] = event
@@ -167,7 +170,7 @@ class Handlers:
         check_model(body, self.settings.model_name)
         req = parse_completion(body, self.engine.default_params(), self.settings.max_batch_size)
         prompt_ids = self.engine.tokenizer.encode(req.prompt)
-        _fit_context(self.engine, prompt_ids, req.params, req.max_tokens_given)
+        _fit_context(self.engine, prompt_ids, req.params, req.max_tokens_given, "prompt")
         handle, events = _submit(self.engine, prompt_ids, req.params, req.n)
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.settings.model_name}
@@ -235,8 +238,9 @@ class Handlers:
 
 def _message(text: str, names: list[str]) -> dict:
     if names:
-        content, calls = parse_tool_calls(text, names)
+        _, calls = parse_tool_calls(text, names)
         if calls:
-            return {"role": "assistant", "content": content or None,
-                    "tool_calls": [c.to_openai() for c in calls]}
+            # Only the calls: a tool-calling turn is rendered from its calls alone, so text before them (rare
+            # "let me check" preambles) could not be sent back in the next request anyway.
+            return {"role": "assistant", "content": None, "tool_calls": [c.to_openai() for c in calls]}
     return {"role": "assistant", "content": text}
