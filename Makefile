@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo test test-llama-cpp bench clean
 
 $(VENV)/.base:
 	python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# llama.cpp's Python binding compiles llama.cpp (~15 min on 2 cores); only these tests need it.
+test-llama-cpp: $(VENV)/.dev
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install -q llama-cpp-python
+	$(PY) -m pytest -q -p no:cacheprovider tests/export/test_llama_cpp.py
 
 clean:
 	rm -rf $(VENV) saves

@@ -1,4 +1,4 @@
-"""One entry point: tuneforge train | chat | api | webchat | data preview | env | version."""
+"""One entry point: tuneforge train | chat | api | webchat | export | data preview | env | version."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ commands:
   chat      talk to a model (+ adapter) in the terminal; --query "text" answers once
   api       serve a model over the OpenAI API (chat, completions, score) on 127.0.0.1:8000
   webchat   chat with a model in the browser on 127.0.0.1:7860
+  export    merge adapters into the model; safetensors, or GGUF for llama.cpp and Ollama
   data      data preview CONFIG.yaml: summary and tokenized examples (--num N, --json)
   env       versions and hardware
   version   the tuneforge version
@@ -51,6 +52,10 @@ def _dispatch(command: str, argv: list[str]) -> int:
         from .infer.webchat import run_webchat
 
         return run_webchat(argv)
+    if command == "export":
+        from .export.command import run_export
+
+        return run_export(argv)
     if command == "data":
         from .data.preview import run_data
 

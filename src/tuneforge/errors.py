@@ -19,3 +19,7 @@ class TemplateError(TuneforgeError):
 
 class ModelError(TuneforgeError):
     """A model source that cannot be resolved or loaded."""
+
+
+class ExportError(TuneforgeError):
+    """A model, adapter or destination that cannot be exported as asked."""

@@ -37,7 +37,6 @@ class ModelArgs:
     rope_scaling: Optional[str] = field(default=None, metadata={"help": "linear | dynamic (not yet applied)."})
     model_max_length: Optional[int] = field(default=None, metadata={"help": "Tokenizer model_max_length override."})
     infer_backend: str = field(default="huggingface", metadata={"help": "Only huggingface."})
-    export_dir: Optional[str] = field(default=None, metadata={"help": "Where `tuneforge export` writes."})
 
 
 @dataclass
@@ -167,3 +166,16 @@ class ServeArgs:
     api_model_name: Optional[str] = field(default=None, metadata={"help": "api: the model id clients name (env API_MODEL_NAME; default the adapter's or model's folder name)."})
     max_batch_size: int = field(default=16, metadata={"help": "api/webchat: answers generated together in one batch (n choices count n)."})
     max_concurrent: int = field(default=64, metadata={"help": "api: requests waiting for a batch; beyond it the server answers 429."})
+
+
+@dataclass
+class ExportArgs:
+    export_dir: Optional[str] = field(default=None, metadata={"help": "export: the folder to write (new, empty, or an earlier export, which is replaced)."})
+    export_format: str = field(default="safetensors", metadata={"help": "export: safetensors (merged HF folder) | gguf (one file for llama.cpp/Ollama, with a Modelfile)."})
+    export_quantization: str = field(default="f16", metadata={"help": "export (gguf): f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0."})
+    export_size: int = field(default=5, metadata={"help": "export (safetensors): largest shard, in GB."})
+    export_device: str = field(default="cpu", metadata={"help": "export: cpu | auto (the GPU when there is one) for merging."})
+    export_legacy_format: bool = field(default=False, metadata={"help": "export: true (.bin) is refused: transformers 5 writes safetensors only."})
+    export_hub_model_id: Optional[str] = field(default=None, metadata={"help": "export: refused (no hub upload here); upload export_dir with `hf upload`."})
+    export_quantization_bit: Optional[int] = field(default=None, metadata={"help": "export: LLaMA-Factory's GPTQ export, refused; use export_format: gguf with a quantisation."})
+    export_quantization_dataset: Optional[str] = field(default=None, metadata={"help": "export: GPTQ calibration data, refused with export_quantization_bit."})

@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs, ServeArgs
+from .args import (DataArgs, ExportArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs,
+                   ServeArgs)
 
 # LLaMA-Factory keys that only tune its own internals: accepted so its YAML files run, with a warning.
 IGNORED_KEYS = {
@@ -157,6 +158,7 @@ class Args:
     rl: RLArgs
     generate: GenerateArgs
     serve: ServeArgs
+    export: ExportArgs
     training: object | None  # Seq2SeqTrainingArguments for `train`, else None
     sources: dict  # key -> where it was set
     ignored: list
@@ -170,7 +172,7 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
     """Splits raw keys among the dataclasses; returns Args and the TrainingArguments kwargs (not yet built,
     so validation can adjust them)."""
     groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, RLArgs, GenerateArgs,
-                                                           ServeArgs)}
+                                                           ServeArgs, ExportArgs)}
     training_types = {}
     if with_training:
         from transformers import Seq2SeqTrainingArguments
@@ -189,6 +191,9 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
         if with_training and key in groups[ServeArgs]:
             raise ConfigError(f"{rv.where}: {key!r} is a serving key (tuneforge api/webchat); remove it from the "
                               "training config or pass it to `tuneforge api`")
+        if with_training and key in groups[ExportArgs]:
+            raise ConfigError(f"{rv.where}: {key!r} is an export key; remove it from the training config and run "
+                              "`tuneforge export` on the trained output")
         if key in IGNORED_KEYS:
             ignored.append(key)
             continue
@@ -213,6 +218,7 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
             rl=RLArgs(**kwargs[RLArgs]),
             generate=GenerateArgs(**kwargs[GenerateArgs]),
             serve=ServeArgs(**kwargs[ServeArgs]),
+            export=ExportArgs(**kwargs[ExportArgs]),
             training=None,
             sources={k: v.where for k, v in raw.items()},
             ignored=ignored,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from .args import DataArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs, ServeArgs
+from .args import (DataArgs, ExportArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs,
+                   ServeArgs)
 
 GROUPS = [("Model", ModelArgs), ("Data", DataArgs), ("Method and training extras", FinetuneArgs),
           ("Reward and preference stages (rm, dpo, kto)", PreferenceArgs),
           ("RLHF stages (ppo, grpo)", RLArgs), ("Generation (chat, api, predict)", GenerateArgs),
-          ("Serving (api, webchat)", ServeArgs)]
+          ("Serving (api, webchat)", ServeArgs),
+          ("Export", ExportArgs)]
 
 
 def markdown() -> str:
