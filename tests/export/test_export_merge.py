@@ -167,3 +167,34 @@ def test_a_failed_write_leaves_the_previous_export(base, tmp_path, monkeypatch):
         run_export([f"model_name_or_path={base}", f"export_dir={out}"])
     assert sorted(os.listdir(out)) == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_an_adapter_for_more_layers_is_refused_not_half_merged(base, tmp_path):
+    deeper = save_tiny_model(tmp_path / "deeper", layers=4)
+    adapter = make_adapter(deeper, tmp_path / "deep-adapter", 6)
+    with pytest.raises(ExportError, match="adapts .* modules .* does not have"):
+        run_export([f"model_name_or_path={base}", f"adapter_name_or_path={adapter}", f"export_dir={tmp_path / 'o'}"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_system_of_an_auto_template_is_in_the_exported_template(base, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.conversation import Message
+    from tuneforge.data.templates.auto import AutoTemplate
+
+    out = tmp_path / "sys"
+    run_export([f"model_name_or_path={base}", f"export_dir={out}", "default_system=You are Forge."])
+    tok = AutoTokenizer.from_pretrained(out)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == AutoTemplate(default_system="You are Forge.").render_prompt([Message("user", "Hi")], None,
+                                                                                    None, chatml_tokenizer())
+
+
+def test_files_added_to_an_earlier_export_are_never_deleted(base, tmp_path):
+    out = tmp_path / "out"
+    run_export([f"model_name_or_path={base}", f"export_dir={out}"])
+    (out / "model-Q4_K_M.gguf").write_text("made by llama-quantize")
+    with pytest.raises(ExportError, match="was added to it"):
+        run_export([f"model_name_or_path={base}", f"export_dir={out}"])
+    assert (out / "model-Q4_K_M.gguf").read_text() == "made by llama-quantize"

@@ -97,9 +97,9 @@ def test_bos_the_runtime_adds_is_left_out_and_modelfile_lines():
     assert full.head_plain.startswith("<|begin_of_text|>")
     pieces = turn_pieces(template, tok, bos_added="<|begin_of_text|>")
     assert not pieces.head_plain.startswith("<|begin_of_text|>")
-    text = modelfile("m-q8_0.gguf", pieces, ["<|eot_id|>", 'say "stop"'], "You are Forge.")
+    text = modelfile("m-q8_0.gguf", pieces, ["<|eot_id|>", 'say "stop" now'], "You are Forge.")
     assert text.startswith("FROM ./m-q8_0.gguf\n")
-    assert 'PARAMETER stop "<|eot_id|>"' in text and 'PARAMETER stop "say \\"stop\\""' in text
+    assert 'PARAMETER stop "<|eot_id|>"' in text and 'PARAMETER stop """say "stop" now"""' in text
     assert 'SYSTEM """You are Forge."""' in text and 'TEMPLATE """{{ if .System }}' in text
 
 

@@ -39,6 +39,8 @@ def parse_export_args(argv: list[str]):
     if e.export_quantization_bit or e.export_quantization_dataset:
         raise ConfigError("export_quantization_bit: GPTQ export is not supported; use export_format: gguf with "
                           "export_quantization (q8_0, q4_0, ...) for a quantised model")
+    if e.export_device not in ("cpu", "auto"):
+        raise ConfigError(f"export_device: '{e.export_device}' is not one of cpu, auto")
     if e.export_size < 1:
         raise ConfigError(f"export_size: {e.export_size} GB per shard; use 1 or more")
     if "export_quantization" in args.sources and e.export_format != "gguf":
@@ -70,6 +72,22 @@ def _output_dtype(args, config):
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
+def with_training_settings(jinja: str, default_system: str | None, enable_thinking: bool | None) -> str:
+    """The tokenizer's own template with what `template: auto` added in training: the default system prompt
+    for conversations without one, and the enable_thinking switch, so exported prompts equal trained ones."""
+    import json
+
+    head = ""
+    if default_system:
+        system = json.dumps({"role": "system", "content": default_system}, ensure_ascii=False)
+        head += ("{%- if not (messages and messages[0]['role'] == 'system') -%}{%- set messages = [" + system
+                 + "] + messages -%}{%- endif -%}")
+    if enable_thinking is not None:
+        head += ("{%- if enable_thinking is not defined -%}{%- set enable_thinking = "
+                 + ("true" if enable_thinking else "false") + " -%}{%- endif -%}")
+    return head + jinja
+
+
 def run_export(argv: list[str]) -> int:
     args = parse_export_args(argv)
     e = args.export
@@ -95,6 +113,10 @@ def run_export(argv: list[str]) -> int:
     jinja = template.jinja(tokenizer)
     if jinja:
         tokenizer.chat_template = jinja
+    elif tokenizer.chat_template and (args.data.default_system or "enable_thinking" in args.sources):
+        tokenizer.chat_template = with_training_settings(tokenizer.chat_template, args.data.default_system,
+                                                         args.data.enable_thinking if "enable_thinking" in
+                                                         args.sources else None)
     stop_ids, stop_strings = stop_tokens(tokenizer, template, model.generation_config)
     model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
     if tokenizer.pad_token_id is not None:
@@ -115,17 +137,19 @@ def run_export(argv: list[str]) -> int:
 
 
 def _write_gguf(args, model, tokenizer, template, stop_ids, stop_strings, folder: Path, name: str, source: str):
+    from .gguf_vocab import adds_bos
     from .gguf_writer import write_gguf
     from .ollama import modelfile, readme, turn_pieces
 
     quantization = args.export.export_quantization
     gguf_name = f"{name}-{quantization}.gguf"
-    write_gguf(model, tokenizer, folder / gguf_name, quantization, tokenizer.chat_template, name)
-    bos_added = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token else ""
+    write_gguf(model, tokenizer, folder / gguf_name, quantization, tokenizer.chat_template, name, stop_ids[0])
+    bos_added = tokenizer.bos_token if adds_bos(tokenizer) else ""
     pieces = turn_pieces(template, tokenizer, bos_added)
     if pieces is None:
-        logger.warning("the chat template cannot be written as an Ollama template; the Modelfile has no TEMPLATE "
-                       "and Ollama will use the template embedded in the GGUF file")
+        logger.warning("the chat template cannot be written as an Ollama template; the Modelfile has no TEMPLATE, "
+                       "so Ollama picks the closest of its built-in templates (llama.cpp uses the one in the GGUF "
+                       "file); check `ollama show --template` before relying on it")
     stops = list(dict.fromkeys(tokenizer.convert_ids_to_tokens(stop_ids) + list(stop_strings)))
     system = args.data.default_system or getattr(template, "default_system", None)
     (folder / "Modelfile").write_text(modelfile(gguf_name, pieces, stops, system), encoding="utf-8")

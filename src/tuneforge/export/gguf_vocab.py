@@ -124,7 +124,7 @@ def read_vocab(tokenizer, vocab_size: int) -> Vocab:
         merges=merges,
         scores=scores,
         special_ids=special_ids,
-        add_bos=len(with_special) > len(without) and with_special[0] == tokenizer.bos_token_id,
+        add_bos=adds_bos(tokenizer),
         add_eos=len(with_special) > len(without) and with_special[-1] == tokenizer.eos_token_id,
         add_space_prefix=space_prefix,
     )
@@ -154,13 +154,23 @@ def sentencepiece_scores(tokens: list[str], merges: list[str]) -> list[float]:
     return [-float(rank[t]) if t in rank else (0.0 if len(t) == 1 else unreachable) for t in tokens]
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether encoding adds BOS, by behaviour (Llama 3's tokenizer adds it in its post-processor while its
+    add_bos_token attribute says False)."""
+    with_special = tokenizer.encode("a", add_special_tokens=True)
+    without = tokenizer.encode("a", add_special_tokens=False)
+    return len(with_special) > len(without) and with_special[0] == tokenizer.bos_token_id
+
+
 def token_types(tokenizer, tokens: list[str], sentencepiece: bool) -> list[int]:
     T = gguf.TokenType
     added = {i: t for i, t in tokenizer.added_tokens_decoder.items() if i < len(tokens)}
     types = []
     for i, token in enumerate(tokens):
         if i == tokenizer.unk_token_id:
-            types.append(T.UNKNOWN)
+            # SentencePiece has a real unknown piece; a byte-level BPE's "unk" is a control token (llama.cpp
+            # warns about a control-looking token of another type).
+            types.append(T.UNKNOWN if sentencepiece else T.CONTROL)
         elif i in added:
             types.append(T.CONTROL if added[i].special else T.USER_DEFINED)
         elif token == f"[PAD{i}]" and i >= len(tokenizer):
@@ -172,7 +182,8 @@ def token_types(tokenizer, tokens: list[str], sentencepiece: bool) -> list[int]:
     return [int(t) for t in types]
 
 
-def add_vocab(writer: gguf.GGUFWriter, vocab: Vocab, chat_template: Optional[str]) -> None:
+def add_vocab(writer: gguf.GGUFWriter, vocab: Vocab, chat_template: Optional[str],
+              eot_token_id: Optional[int] = None) -> None:
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
@@ -195,3 +206,5 @@ def add_vocab(writer: gguf.GGUFWriter, vocab: Vocab, chat_template: Optional[str
         writer.add_add_space_prefix(vocab.add_space_prefix)
     if chat_template:
         writer.add_chat_template(chat_template)
+    if eot_token_id is not None and eot_token_id != vocab.special_ids.get("eos"):
+        writer.add_eot_token_id(eot_token_id)  # the template's end of turn: llama.cpp stops on it too

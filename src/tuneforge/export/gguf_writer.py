@@ -78,8 +78,10 @@ def write_gguf(
     quantization: str = "f16",
     chat_template: Optional[str] = None,
     name: Optional[str] = None,
+    eot_token_id: Optional[int] = None,
 ) -> None:
-    """Writes `model` (a float causal LM, adapters merged) and `tokenizer` to exactly `path`."""
+    """Writes `model` (a float causal LM, adapters merged) and `tokenizer` to exactly `path`; eot_token_id:
+    the template's end-of-turn token, when it is not the tokenizer's EOS."""
     config = model.config
     check_exportable(config, quantization)
     chosen = QUANTIZATIONS[quantization]
@@ -96,7 +98,7 @@ def write_gguf(
         if chosen.tensor_type not in (Q.F32, Q.F16, Q.BF16):
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_hyperparameters(writer, config, vocab_size)
-        add_vocab(writer, vocab, template if isinstance(template, str) else None)
+        add_vocab(writer, vocab, template if isinstance(template, str) else None, eot_token_id)
         for item in plan:
             # The logical shape with raw_dtype: the writer then takes the type as given (no byte-shape conversion).
             writer.add_tensor_info(item.gguf_name, item.shape, np.dtype(np.float32), _nbytes(item), item.tensor_type)

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError, ExportError
+from ..errors import ExportError
 
 logger = logging.getLogger("tuneforge")
 
@@ -40,20 +40,50 @@ def training_chat_template(adapters: list[str]) -> str | None:
     return None
 
 
+def _adapted_modules(adapter: str) -> set[str]:
+    """Paths (in the base model) of the modules an adapter's weights belong to."""
+    from safetensors import safe_open
+
+    folder = Path(adapter).expanduser()
+    files = sorted(folder.glob("adapter_model*.safetensors"))
+    if not files:
+        return set()
+    modules = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if ".lora_" in key:
+                    modules.add(key.split(".lora_")[0].removeprefix("base_model.model."))
+    return modules
+
+
 def merge_adapters(model, adapters: list[str], model_name: str):
-    """`model` with each adapter merged in turn; ExportError when an adapter does not fit the model."""
+    """`model` with each adapter merged in turn; ExportError when an adapter does not fit the model (modules
+    it adapts that the model lacks, or weights of other shapes)."""
     from peft import PeftModel
 
     from ..models.adapters import _check_adapter_dir
 
     for path in adapters:
         _check_adapter_dir(path)
+        base = _recorded_base(path)
+        missing = sorted(_adapted_modules(path) - {name for name, _ in model.named_modules()})
+        if missing:
+            raise ExportError(f"adapter_name_or_path: {path} adapts {len(missing)} modules {model_name} does not "
+                              f"have (e.g. {missing[0]}); it was trained on {base}: set model_name_or_path to that model")
         try:
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         except (RuntimeError, ValueError, KeyError) as e:
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            text = str(e)
+            if "size mismatch" in text and ("embed_tokens" in text or "lm_head" in text):
+                raise ExportError(f"adapter_name_or_path: {path} was trained with a larger vocabulary than "
+                                  f"{model_name}'s tokenizer; repeat the run's new_special_tokens (and resize_vocab) "
+                                  "in the export config") from None
+            reason = text.strip().splitlines()[0][:160] if text.strip() else type(e).__name__
             raise ExportError(f"adapter_name_or_path: {path} does not fit {model_name} (it was trained on "
-                              f"{_recorded_base(path)}): {reason}; set model_name_or_path to that model") from None
+                              f"{base}): {reason}; set model_name_or_path to that model") from None
+        if base != "unknown" and Path(base).name != Path(str(model_name).rstrip("/")).name:
+            logger.warning("%s was trained on %s; merging it into %s (same shapes)", path, base, model_name)
         logger.info("merged adapter %s", path)
     return model
 
@@ -72,7 +102,5 @@ def load_merged(args, device: str = "cpu"):
     model = load_base_model(model_args, tokenizer, is_trainable=False)
     if device == "auto" and torch.cuda.is_available():
         model.to("cuda")
-    elif device not in ("cpu", "auto"):
-        raise ConfigError(f"export_device: '{device}' is not one of cpu, auto")
     model = merge_adapters(model, parse_names(args.model.adapter_name_or_path), args.model.model_name_or_path)
     return model.to("cpu"), tokenizer

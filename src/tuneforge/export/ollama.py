@@ -10,7 +10,6 @@ embedded in the GGUF file.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -99,10 +98,17 @@ def modelfile(gguf_name: str, pieces: TurnPieces | None, stops: list[str], syste
     lines = [f"FROM ./{gguf_name}", ""]
     if pieces is not None:
         lines += ['TEMPLATE """' + pieces.go_template() + '"""', ""]
-    if system:
-        lines += ['SYSTEM """' + system.replace('"""', '\\"\\"\\"') + '"""', ""]
+    # Ollama's Modelfile parser takes quoted text literally (no backslash escapes): text with a double quote
+    # goes in triple quotes, and text holding triple quotes cannot be written at all.
+    if system and '"""' not in system:
+        lines += ['SYSTEM """' + system + '"""', ""]
+    elif system:
+        logger.warning('the default system prompt holds """, which a Modelfile cannot quote; it is left out')
     for stop in stops:
-        lines.append(f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}")
+        if '"""' in stop or (stop.endswith('"') and '"' in stop[:-1]):
+            logger.warning("stop %r cannot be quoted in a Modelfile; it is left out", stop)
+        else:
+            lines.append(f'PARAMETER stop """{stop}"""' if '"' in stop else f'PARAMETER stop "{stop}"')
     if temperature is not None:
         lines.append(f"PARAMETER temperature {temperature}")
     return "\n".join(lines).rstrip() + "\n"
