@@ -74,7 +74,9 @@ def _tokenize_batch(batch, *, stage, template, tokenizer, opts):
 
 
 def _encode_documents_batch(batch, *, tokenizer):
-    return {"_doc": [(encode_documents(tokenizer, [t]) or [[]])[0] for t in batch["text"]]}
+    texts = batch["text"]
+    encoded = iter(encode_documents(tokenizer, texts))  # the non-blank ones, in order, in one call
+    return {"_doc": [next(encoded) if t and t.strip() else [] for t in texts]}
 
 
 def _block_batch(batch, *, cutoff_len, concatenate):
@@ -84,13 +86,17 @@ def _block_batch(batch, *, cutoff_len, concatenate):
     return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
 
-def _map_rows(rows, stage, template, tokenizer, data_args, workers, desc):
-    """The tokenized rows (with _drop/_cut columns for the row-per-example stages)."""
+def _map_rows(rows, stage, template, tokenizer, data_args, workers, desc, key=None):
+    """The tokenized rows (with _drop/_cut columns for the row-per-example stages). key: the cache key,
+    given to datasets as the result's fingerprint, which datasets would otherwise compute by pickling the
+    function's arguments, the tokenizer among them (its whole vocabulary, once more)."""
     from datasets import Dataset
 
     columns = list(rows.column_names or [])
     in_memory = isinstance(rows, Dataset)
     extra = dict(num_proc=workers, desc=desc, load_from_cache_file=False) if in_memory else {}
+    if in_memory and key:
+        extra["new_fingerprint"] = f"{key}-tokenized"
     batch_size = data_args.preprocessing_batch_size
     if not _is_document(stage):
         opts = ProcessorOptions(data_args.cutoff_len, data_args.train_on_prompt, data_args.mask_history)
@@ -102,6 +108,7 @@ def _map_rows(rows, stage, template, tokenizer, data_args, workers, desc):
     extra.pop("num_proc", None)
     if in_memory:
         extra["desc"] = "Cutting into blocks"
+        extra.pop("new_fingerprint", None)
     kwargs = dict(cutoff_len=data_args.cutoff_len, concatenate=packs_documents(data_args))
     return docs.map(_block_batch, batched=True, batch_size=batch_size, fn_kwargs=kwargs, remove_columns=["_doc"],
                     **extra)
@@ -148,10 +155,51 @@ def template_identity(template) -> dict:
             "settings": canonical(vars(template) if hasattr(template, "__dict__") else {})}
 
 
+IDENTITY_ATTRIBUTE = "_tuneforge_identity"
+
+
 def tokenizer_identity(tokenizer) -> str:
     """Everything about a tokenizer that changes token ids: for a fast tokenizer its whole serialised form
     (vocabulary, merges, normaliser, pre-tokeniser, added tokens), else its vocabulary; and the special
-    tokens and chat template transformers keeps beside it."""
+    tokens and chat template transformers keeps beside it.
+
+    Serialising a large vocabulary takes most of a second, and the key is built for the training set, the
+    eval set and tokenized_path alike, so the hash of the serialised part is kept on the tokenizer object
+    itself, beside a stamp of what can change it in place: the added tokens and the normaliser,
+    pre-tokeniser, post-processor and decoder (each a few bytes to read). A tokenizer's vocabulary and
+    merges cannot change in place but by adding tokens, which the stamp sees. The rest (chat template,
+    special tokens) is read on every call."""
+    stamp = _core_stamp(tokenizer)
+    kept = getattr(tokenizer, "__dict__", {}).get(IDENTITY_ATTRIBUTE)
+    if kept is None or kept.stamp != stamp:
+        kept = _KeptCore(stamp, _core_digest(tokenizer))
+        if hasattr(tokenizer, "__dict__"):
+            tokenizer.__dict__[IDENTITY_ATTRIBUTE] = kept
+    extra = {
+        "class": type(tokenizer).__name__,
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "special": {k: str(v) for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items()},
+        "split_special_tokens": getattr(tokenizer, "split_special_tokens", None),
+        "length": len(tokenizer),
+    }
+    digest = kept.digest.copy()
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+class _KeptCore:
+    """The hash of a tokenizer's serialised form and the stamp it was made at. Not pickled (hash objects
+    cannot be): a copy of the tokenizer in a worker process starts without it."""
+
+    def __init__(self, stamp=None, digest=None):
+        self.stamp, self.digest = stamp, digest
+
+    def __reduce__(self):
+        return (_KeptCore, ())
+
+
+def _core_digest(tokenizer):
+    """A sha256 object fed with the tokenizer's serialised vocabulary, merges and pipeline (the costly part)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         state = json.loads(backend.to_str())
@@ -161,16 +209,18 @@ def tokenizer_identity(tokenizer) -> str:
         core = json.dumps(state, sort_keys=True, ensure_ascii=False)
     else:
         core = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    extra = {
-        "class": type(tokenizer).__name__,
-        "chat_template": getattr(tokenizer, "chat_template", None),
-        "special": {k: str(v) for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items()},
-        "split_special_tokens": getattr(tokenizer, "split_special_tokens", None),
-        "length": len(tokenizer),
-    }
-    digest = hashlib.sha256(core.encode())
-    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:20]
+    return hashlib.sha256(core.encode())
+
+
+def _core_stamp(tokenizer) -> tuple:
+    """What can change a tokenizer's serialised form in place, cheap to read."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return (type(tokenizer).__name__, len(tokenizer))
+    parts = [getattr(backend, name, None) for name in ("normalizer", "pre_tokenizer", "post_processor", "decoder")]
+    return (type(tokenizer).__name__, len(tokenizer), type(backend.model).__name__,
+            backend.get_vocab_size(with_added_tokens=False), repr(sorted(backend.get_added_tokens_decoder().items())),
+            tuple(p.__getstate__() if p is not None else None for p in parts))
 
 
 @functools.lru_cache(maxsize=1)
@@ -292,7 +342,7 @@ def tokenize_rows(rows, *, stage, template, tokenizer, data_args, key_parts=(), 
         if ds is not None:
             return ds, report
     workers = num_proc if num_proc and num_proc > 1 and len(rows) > MIN_ROWS_FOR_WORKERS else None
-    ds = _map_rows(rows, stage, template, tokenizer, data_args, workers, desc)
+    ds = _map_rows(rows, stage, template, tokenizer, data_args, workers, desc, key=key)
     if not _is_document(stage):
         report.dropped = Counter(d for d in ds["_drop"] if d)
         report.truncated = sum(ds["_cut"])

@@ -13,8 +13,7 @@ from .conversation import Conversation, Message
 from .encode import TokenTurn, encode_rendered
 from .templates.base import Template
 from .truncate import cut_keeping_tail, fit_turns, proportional_lengths
-
-IGNORE = -100
+from tuneforge.labels import IGNORE
 
 
 @dataclass
@@ -153,10 +152,15 @@ def pretrain_documents(tokenizer, texts: list[str], cutoff_len: int, concatenate
 
 
 def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each non-blank document as BOS (if the tokenizer has one) + its ids + EOS."""
+    """Each non-blank document as BOS (if the tokenizer has one) + its ids + EOS, all in one tokenizer call
+    (a fast tokenizer encodes a batch in one pass; the ids are those of encoding each document alone)."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
-    return [bos + tokenizer.encode(t, add_special_tokens=False) + eos for t in texts if t and t.strip()]
+    kept = [t for t in texts if t and t.strip()]
+    if not kept:
+        return []
+    encoded = tokenizer(kept, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    return [bos + list(ids) + eos for ids in encoded["input_ids"]]
 
 
 def cut_blocks(docs: list[list[int]], cutoff_len: int, concatenate: bool) -> list[list[int]]:

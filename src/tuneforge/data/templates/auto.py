@@ -4,6 +4,14 @@ Assistant spans are found by render-and-diff: the text of conversation[:k] (with
 a prefix of the text of conversation[:k+1], and the difference is exactly response k. The template's output
 is checked to be prefix-consistent, and a template that is not (one that rewrites earlier turns) is refused
 with the advice to pick a named template, rather than guessed at.
+
+Rendering every prefix of a conversation costs O(turns^2): a 20-turn row would render 40 messages 20 times
+over. So turn t (t >= 2) is diffed in a short window instead: the first turn (system prompt, first user
+message and response, which templates treat specially), then user message t and response t. Each window's
+prompt and response text must then be found, in order, at the cursor in the one render of the whole
+conversation; the first turn that is not (a template that numbers its rounds, or that rewrites history)
+sends the conversation back to the exact prefix renders, which either agree or refuse as they always did.
+Renders per conversation: 1 + 3 per turn, of at most 5 messages each after the first two turns.
 """
 
 from __future__ import annotations
@@ -105,30 +113,72 @@ class AutoTemplate:
         hf = to_hf_messages(messages, system)
         offset = 1 if system else 0
         tool_list = parse_tools(tools)
-        full = self._render(tokenizer, hf, tool_list, generation=False)
+        renders: dict[tuple, str] = {}
+
+        def render(indices: tuple[int, ...], generation: bool) -> str:
+            """The template's text of the messages hf[i] for i in indices; each is rendered once."""
+            key = (indices, generation)
+            if key not in renders:
+                renders[key] = self._render(tokenizer, [hf[i] for i in indices], tool_list, generation)
+            return renders[key]
+
+        full = render(tuple(range(len(hf))), False)
         _require_rendered(_names(tool_list), full, "tool lists")
+        turns = self._windowed_turns(messages, hf, offset, render, full)
+        if turns is None:
+            turns = self._exact_turns(messages, hf, offset, render, full)
+        return Rendered(turns, suffix=full[sum(len(t.prompt) + len(t.response) for t in turns):])
+
+    def _exact_turns(self, messages, hf, offset, render, full) -> list[RenderedTurn]:
+        """Render-and-diff on every prefix of the conversation: O(turns^2) characters rendered."""
         turns, cursor = [], 0
         for k in range(1, len(messages), 2):
-            upto_prompt = hf[: offset + k]
-            before = self._render(tokenizer, upto_prompt, tool_list, generation=True)
-            upto = self._render(tokenizer, hf[: offset + k + 1], tool_list, generation=False)
+            upto_prompt = tuple(range(offset + k))
+            before = render(upto_prompt, True)
+            upto = render(tuple(range(offset + k + 1)), False)
             if not (upto.startswith(before) and full.startswith(upto) and before.startswith(full[:cursor])):
                 raise TemplateError(
                     f"the tokenizer's chat template renders earlier turns differently once later ones are added "
                     f"(turn {k // 2 + 1} of {messages and len(messages) // 2}), so assistant spans cannot be located "
                     "exactly; set `template` to the model family's named template (e.g. qwen3_nothink)"
                 )
-            no_header = self._render(tokenizer, upto_prompt, tool_list, generation=False)
-            header = len(before) - len(no_header) if before.startswith(no_header) else 0
-            response = upto[len(before):]
-            if messages[k].role == FUNCTION:
-                _require_rendered(_names(hf[offset + k]["tool_calls"]), response, "tool calls")
-            content = messages[k].content
-            pos = response.rfind(content) if content else -1
-            tail = len(response) - (pos + len(content)) if pos >= 0 else 0
-            turns.append(RenderedTurn(before[cursor:], response, prompt_tail=header, response_tail=tail))
+            turns.append(self._turn(messages, hf, offset, k, before[cursor:], upto[len(before):],
+                                    before, render(upto_prompt, False)))
             cursor = len(upto)
-        return Rendered(turns, suffix=full[cursor:])
+        return turns
+
+    def _windowed_turns(self, messages, hf, offset, render, full) -> list[RenderedTurn] | None:
+        """Render-and-diff on windows (first turn + turn t); None when a window's text is not the whole
+        conversation's text at that point, so that the exact prefix renders decide."""
+        first = tuple(range(offset + 2))  # system prompt, first user message and first response
+        turns, cursor = [], 0
+        try:
+            for k in range(1, len(messages), 2):
+                window = first + (offset + k - 1, offset + k) if k > 1 else first
+                upto_prompt = window[:-1]
+                before = render(upto_prompt, True)
+                upto = render(window, False)
+                previous = render(first, False) if k > 1 else ""
+                if not (upto.startswith(before) and before.startswith(previous)):
+                    return None
+                prompt, response = before[len(previous):], upto[len(before):]
+                if not (full.startswith(prompt, cursor) and full.startswith(response, cursor + len(prompt))):
+                    return None
+                turns.append(self._turn(messages, hf, offset, k, prompt, response, before, render(upto_prompt, False)))
+                cursor += len(prompt) + len(response)
+        except Exception:  # noqa: BLE001 - refused in a window: the exact renders say whether the whole is
+            return None
+        return turns
+
+    @staticmethod
+    def _turn(messages, hf, offset, k, prompt: str, response: str, before: str, no_header: str) -> RenderedTurn:
+        header = len(before) - len(no_header) if before.startswith(no_header) else 0
+        if messages[k].role == FUNCTION:
+            _require_rendered(_names(hf[offset + k]["tool_calls"]), response, "tool calls")
+        content = messages[k].content
+        pos = response.rfind(content) if content else -1
+        tail = len(response) - (pos + len(content)) if pos >= 0 else 0
+        return RenderedTurn(prompt, response, prompt_tail=header, response_tail=tail)
 
     def render_prompt(self, messages, system, tools, tokenizer) -> str:
         system = system or self.default_system
