@@ -8,7 +8,8 @@ import sys
 
 from .errors import TuneforgeError
 
-USAGE = """usage: tuneforge COMMAND [CONFIG.yaml] [key=value ...] [--key value ...] [--debug]
+USAGE = """usage: tuneforge COMMAND [CONFIG.yaml] [key=value ...] [--key value ...] [--debug] [--verbose]
+       tuneforge COMMAND --help
 
 commands:
   train     fine-tune (stage pt or sft; lora, qlora, freeze or full)
@@ -17,21 +18,44 @@ commands:
   webchat   chat with a model in the browser on 127.0.0.1:7860
   export    merge adapters into the model; safetensors, or GGUF for llama.cpp and Ollama
   data      data preview CONFIG.yaml: summary and tokenized examples (--num N, --json)
-  env       versions and hardware
+  env       versions, hardware and the GEMM peak behind MFU (--remeasure)
   version   the tuneforge version
 """
 
 
-def _quiet_libraries() -> None:
+COMMANDS_WITH_HELP = ("train", "chat", "api", "webchat", "export", "data", "env", "version")
+
+
+# Third-party notices that call for no action by a tuneforge user; --verbose shows them.
+NOTICES = {
+    "DeepSpeed": "Setting accelerator to CPU",  # DeepSpeed found no GPU: expected on a CPU machine
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",  # an optional faster kernel
+}
+
+
+def _quiet_libraries(verbose: bool = False) -> None:
+    import warnings
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(levelname)s] %(message)s")
+    if verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info")
+        return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     for name in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name, text in NOTICES.items():
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+    # Deprecation notices are addressed to library developers, not to someone running a fine-tune.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _dispatch(command: str, argv: list[str]) -> int:
     if command == "train":
+        from .config.precheck import check_train_config
+
+        check_train_config(argv)  # config mistakes in well under a second, before torch loads
         from .train.launch import maybe_relaunch
         from .train.runner import run_train
 
@@ -63,8 +87,7 @@ def _dispatch(command: str, argv: list[str]) -> int:
     if command == "env":
         from .envinfo import print_env
 
-        print_env()
-        return 0
+        return print_env(argv)
     if command == "version":
         from . import __version__
 
@@ -77,11 +100,17 @@ def _dispatch(command: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     if not argv:
         print(USAGE)
         return 2
-    _quiet_libraries()
+    if argv[0] in COMMANDS_WITH_HELP and ("--help" in argv[1:] or "-h" in argv[1:]):
+        from .help import command_help
+
+        print(command_help(argv[0]))
+        return 0
+    _quiet_libraries(verbose)
     try:
         return _dispatch(argv[0], argv[1:])
     except TuneforgeError as e:

@@ -33,10 +33,10 @@ class ModelArgs:
     split_special_tokens: bool = field(default=False, metadata={"help": "Tokenize special-token text as plain text."})
     new_special_tokens: Optional[str] = field(default=None, metadata={"help": "Comma-separated tokens to add."})
     resize_vocab: bool = field(default=False, metadata={"help": "Resize embeddings to the tokenizer."})
-    low_cpu_mem_usage: bool = field(default=True, metadata={"help": "Load weights lazily."})
-    rope_scaling: Optional[str] = field(default=None, metadata={"help": "linear | dynamic (not yet applied)."})
+    low_cpu_mem_usage: bool = field(default=True, metadata={"help": "Always true with transformers 5 (false is warned about)."})
+    rope_scaling: Optional[str] = field(default=None, metadata={"help": "Refused: set rope_scaling in the model's config.json."})
     model_max_length: Optional[int] = field(default=None, metadata={"help": "Tokenizer model_max_length override."})
-    infer_backend: str = field(default="huggingface", metadata={"help": "Only huggingface."})
+    infer_backend: str = field(default="huggingface", metadata={"help": "huggingface only (vllm / sglang are refused)."})
 
 
 @dataclass
@@ -51,7 +51,7 @@ class DataArgs:
     train_on_prompt: bool = field(default=False, metadata={"help": "Train on prompt tokens too."})
     mask_history: bool = field(default=False, metadata={"help": "Train only the last assistant turn."})
     streaming: bool = field(default=False, metadata={"help": "Stream datasets (needs max_steps)."})
-    buffer_size: int = field(default=16384, metadata={"help": "Shuffle buffer for streaming."})
+    buffer_size: int = field(default=16384, metadata={"help": "Refused: streamed rows are read in file order (LLaMA-Factory's shuffle buffer)."})
     mix_strategy: str = field(default="concat", metadata={"help": "concat | interleave_under | interleave_over."})
     interleave_probs: Optional[str] = field(default=None, metadata={"help": "Comma-separated sampling probabilities."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Rebuild the tokenized cache."})
@@ -59,15 +59,15 @@ class DataArgs:
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
     max_samples: Optional[int] = field(default=None, metadata={"help": "Keep at most this many rows per dataset."})
     eval_num_beams: Optional[int] = field(default=None, metadata={"help": "Beams for predict_with_generate."})
-    ignore_pad_token_for_loss: bool = field(default=True, metadata={"help": "Kept for compatibility."})
+    ignore_pad_token_for_loss: bool = field(default=True, metadata={"help": "Always true: padding is never trained (false is refused)."})
     val_size: float = field(default=0.0, metadata={"help": "Validation split: fraction (<1) or row count."})
-    eval_on_each_dataset: bool = field(default=False, metadata={"help": "Evaluate each eval dataset separately."})
+    eval_on_each_dataset: bool = field(default=False, metadata={"help": "Refused when true: one loss over all eval datasets."})
     packing: Optional[bool] = field(default=None, metadata={"help": "Greedy-pack examples into cutoff_len rows."})
     neat_packing: bool = field(default=False, metadata={"help": "Packing without attention across examples."})
     padding_free: Optional[bool] = field(default=None, metadata={"help": "Concatenate a batch into one row (default: on where supported)."})
-    tool_format: Optional[str] = field(default=None, metadata={"help": "Tool-call format for named templates."})
+    tool_format: Optional[str] = field(default=None, metadata={"help": "Refused: each template writes tools in its own family's format."})
     tokenized_path: Optional[str] = field(default=None, metadata={"help": "Save tokenized data here, or load it if present."})
-    data_shared_file_system: bool = field(default=False, metadata={"help": "Preprocess once per node group."})
+    data_shared_file_system: bool = field(default=False, metadata={"help": "Warned: data is prepared once per machine and cached."})
 
 
 @dataclass
@@ -81,7 +81,7 @@ class FinetuneArgs:
     additional_target: Optional[str] = field(default=None, metadata={"help": "Extra modules trained fully and saved."})
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA."})
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA."})
-    loraplus_lr_ratio: Optional[float] = field(default=None, metadata={"help": "Not yet supported."})
+    loraplus_lr_ratio: Optional[float] = field(default=None, metadata={"help": "Refused: LoRA+ is not implemented."})
     create_new_adapter: bool = field(default=False, metadata={"help": "New adapter on top of loaded ones."})
     freeze_trainable_layers: int = field(default=2, metadata={"help": "Train the last n (>0) or first -n (<0) layers."})
     freeze_trainable_modules: str = field(default="all", metadata={"help": "Modules inside trainable layers."})

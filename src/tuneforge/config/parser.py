@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass
@@ -21,13 +22,17 @@ from ..errors import ConfigError
 from .args import (DataArgs, ExportArgs, FinetuneArgs, GenerateArgs, ModelArgs, PreferenceArgs, RLArgs,
                    ServeArgs)
 
+logger = logging.getLogger("tuneforge")
+
 # LLaMA-Factory keys that only tune its own internals: accepted so its YAML files run, with a warning.
 IGNORED_KEYS = {
     "disable_version_check", "print_param_status", "use_unsloth", "use_unsloth_gc", "enable_liger_kernel",
-    "upcast_layernorm", "upcast_lmhead_output", "use_swanlab", "swanlab_project", "compute_accuracy",
-    "moe_aux_loss_coef", "use_reentrant_gc", "mixture_of_depths", "use_llama_pro", "shift_attn",
-    "freeze_multi_modal_projector", "train_mm_proj_only", "image_max_pixels", "video_max_pixels",
+    "upcast_layernorm", "upcast_lmhead_output", "swanlab_project", "moe_aux_loss_coef", "use_reentrant_gc",
+    "freeze_multi_modal_projector", "image_max_pixels", "video_max_pixels",
 }
+# LLaMA-Factory features that would change the run: refused when switched on (accepted when off).
+REFUSED_FEATURES = {"use_swanlab", "compute_accuracy", "mixture_of_depths", "use_llama_pro", "shift_attn",
+                    "train_mm_proj_only"}
 
 
 @dataclass
@@ -168,17 +173,30 @@ class Args:
 EXTRA_TRAIN_KEYS = {"overwrite_output_dir": bool, "group_by_length": bool, "logging_dir": str, "warmup_ratio": float}
 
 
-def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dict]:
+def _installed_training_types() -> dict:
+    from transformers import Seq2SeqTrainingArguments
+
+    return _field_types(Seq2SeqTrainingArguments)
+
+
+def build_args(raw: dict[str, RawValue], with_training: bool, quick: bool = False) -> tuple[Args, dict]:
     """Splits raw keys among the dataclasses; returns Args and the TrainingArguments kwargs (not yet built,
-    so validation can adjust them)."""
+    so validation can adjust them). quick: TrainingArguments' keys come from the stored table
+    (training_fields.py), so nothing heavy is imported unless a key is not in it."""
     groups = {cls: _field_types(cls) for cls in (ModelArgs, DataArgs, FinetuneArgs, PreferenceArgs, RLArgs, GenerateArgs,
                                                            ServeArgs, ExportArgs)}
     training_types = {}
     if with_training:
-        from transformers import Seq2SeqTrainingArguments
+        from .training_fields import snapshot_types
 
-        training_types = _field_types(Seq2SeqTrainingArguments)
-    known = set(training_types) | set(EXTRA_TRAIN_KEYS) | IGNORED_KEYS
+        training_types = snapshot_types() if quick else _installed_training_types()
+        own = set(EXTRA_TRAIN_KEYS) | IGNORED_KEYS | REFUSED_FEATURES | {k for types_ in groups.values() for k in types_}
+        stored = set(training_types) | own
+        unknown = [key for key in raw if key not in stored]
+        # A key close to a known one is a typo; any other may be new in a newer transformers: ask it.
+        if quick and any(not difflib.get_close_matches(key, sorted(stored), n=1, cutoff=0.6) for key in unknown):
+            training_types = _installed_training_types()
+    known = set(training_types) | set(EXTRA_TRAIN_KEYS) | IGNORED_KEYS | REFUSED_FEATURES
     for types_ in groups.values():
         known |= set(types_)
     kwargs = {cls: {} for cls in groups}
@@ -196,6 +214,11 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
                               "`tuneforge export` on the trained output")
         if key in IGNORED_KEYS:
             ignored.append(key)
+            continue
+        if key in REFUSED_FEATURES:
+            if rv.value not in (None, False, "false", "False", 0, ""):
+                raise ConfigError(f"{rv.where}: {key} is a LLaMA-Factory feature tuneforge does not have; "
+                                  "remove the key (or set it false)")
             continue
         if rv.value is None:
             continue  # key=null: use the default
@@ -225,5 +248,12 @@ def build_args(raw: dict[str, RawValue], with_training: bool) -> tuple[Args, dic
         )
     except TypeError as e:
         raise ConfigError(f"bad configuration: {e}") from None
+    from .unread_keys import check_unread_keys
+
+    values = {k: getattr(group, k) for group in (args.model, args.data, args.finetune) for k in raw
+              if hasattr(group, k)}
+    check_unread_keys(values, args.sources)
+    if ignored and not quick:
+        logger.warning("ignored (LLaMA-Factory internals with no meaning in tuneforge): %s", ", ".join(ignored))
     train_kwargs["_extra"] = extra
     return args, train_kwargs

@@ -33,10 +33,15 @@ def fsdp_value(value):
     return True if text == "true" else value
 
 
-def validate(args, train_kwargs: dict, where: dict) -> None:
-    """Raises ConfigError for settings that cannot work together; warns for ones that only cost speed."""
+def _has_cuda() -> bool:
+    """Asked only when a GPU-only key is set, so a config check does not import torch otherwise."""
     import torch
 
+    return torch.cuda.is_available()
+
+
+def validate(args, train_kwargs: dict, where: dict) -> None:
+    """Raises ConfigError for settings that cannot work together; warns for ones that only cost speed."""
     m, d, f = args.model, args.data, args.finetune
 
     def at(key):
@@ -58,7 +63,9 @@ def validate(args, train_kwargs: dict, where: dict) -> None:
                 f"quantization_bit{at('quantization_bit')} and finetuning_type={f.finetuning_type}{at('finetuning_type')} clash: "
                 "quantized weights can only be trained through LoRA adapters; set finetuning_type=lora or quantization_bit=null"
             )
-    cuda = torch.cuda.is_available()
+    gpu_keys = train_kwargs.get("fp16") or train_kwargs.get("bf16") or train_kwargs.get("deepspeed") or \
+        fsdp_value(train_kwargs.get("fsdp")) is not None or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    cuda = _has_cuda() if gpu_keys else False
     if train_kwargs.get("fp16") and not cuda:
         raise ConfigError(f"fp16{at('fp16')}: fp16 training needs a GPU and none is available; set fp16=false")
     if train_kwargs.get("bf16") and not cuda and not _cpu_has_bf16():

@@ -14,8 +14,7 @@ is treated as an example of its own.
 from __future__ import annotations
 
 import torch
-
-IGNORE = -100
+from tuneforge.labels import IGNORE
 
 
 def _shifted(labels: list[int]) -> list[int]:

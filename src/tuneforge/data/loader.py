@@ -19,6 +19,7 @@ from tuneforge.data.readers import FileInfo, file_info, iter_file_rows, iter_hub
 from tuneforge.data.registry import DatasetSpec, detect_format, resolve_specs
 from tuneforge.errors import DataError
 from tuneforge.stages import STAGES, row_shape
+from tuneforge.config.lists import comma_list
 
 _MESSAGE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
 # One schema for every format, so datasets of different formats concatenate and interleave.
@@ -213,7 +214,7 @@ def _parse_probs(text, count: int) -> list[float] | None:
     if text in (None, ""):
         return None
     try:
-        probs = [float(p) for p in (text if isinstance(text, (list, tuple)) else str(text).split(","))]
+        probs = [float(p) for p in comma_list(text)]
     except ValueError:
         raise DataError(f"interleave_probs '{text}' must be comma-separated numbers, e.g. 0.7,0.3") from None
     if len(probs) != count or any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-3:

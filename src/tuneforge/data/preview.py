@@ -14,8 +14,8 @@ from collections import Counter
 
 from ..errors import ConfigError
 from ..stages import row_shape
+from tuneforge.labels import IGNORE
 
-IGNORE = -100
 USAGE = ("usage: tuneforge data preview CONFIG.yaml [key=value ...] [--num N] [--json]  "
          "(--num: examples shown, default 3; with --json all unless --num is given)")
 GREEN, RESET = "\033[1;32m", "\033[0m"

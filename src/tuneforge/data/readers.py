@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuneforge.data.registry import FILE_TYPES, DatasetSpec
 from tuneforge.errors import DataError
+from tuneforge.offline import hub_is_offline
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,6 @@ def _arrow_batches(path: Path):
             yield reader.get_batch(i)
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def iter_hub_rows(spec: DatasetSpec, streaming: bool) -> Iterator[tuple[dict, str]]:
     """Rows of a Hugging Face Hub dataset. The other hubs, loading scripts and cloud files are not supported."""
     how = (
@@ -186,7 +183,7 @@ def iter_hub_rows(spec: DatasetSpec, streaming: bool) -> Iterator[tuple[dict, st
         )
     if spec.load_from != "hf_hub":
         raise DataError(f"{spec.where}: loading from {spec.load_from} ('{spec.path}') is not supported; {how}")
-    if _offline():
+    if hub_is_offline():
         raise DataError(
             f"{spec.where}: '{spec.path}' is a hub dataset and hub datasets need network, but this run is offline; {how}"
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.errors import DataError
+from tuneforge.config.lists import comma_list as split_names  # noqa: F401 -- callers import it from here
 
 INFO_FILE = "dataset_info.json"
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
@@ -161,13 +162,6 @@ def spec_from_path(path: str, dataset_dir: str) -> DatasetSpec:
     )
 
 
-def split_names(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return [item.strip() for item in items if item and item.strip()]
-
-
 def resolve_specs(names: str | list[str] | None, dataset_dir: str) -> list[DatasetSpec]:
     """Turn `dataset: a,b,path/c.jsonl` into specs. A name found in dataset_info.json is an entry; anything
     else that looks like a path is read as a file."""
@@ -185,11 +179,15 @@ def resolve_specs(names: str | list[str] | None, dataset_dir: str) -> list[Datas
         elif registry is None:
             load_registry(dataset_dir)  # raises the "dataset_info.json not found" error
         else:
-            known = ", ".join(sorted(registry))
-            raise DataError(
-                f"dataset '{name}' is not in {info_path}; known names: {known}. "
-                f"Add an entry for it or give a file path"
-            )
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(registry), n=3, cutoff=0.5)
+            if len(registry) <= 10:  # a short list helps more than a guess
+                hint = f"known names: {', '.join(sorted(registry))}"
+            else:
+                hint = f"{len(registry)} names there" + (
+                    f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "")
+            raise DataError(f"dataset '{name}' is not in {info_path}; {hint}. Add an entry for it or give a file path")
     return specs
 
 

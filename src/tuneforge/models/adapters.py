@@ -9,6 +9,7 @@ from torch import nn
 
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.models.freezing import VISION_MODULES, setup_freeze, setup_full
+from tuneforge.config.lists import comma_list as _names
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def apply_finetuning(model, model_args, finetune_args, is_trainable: bool):
     setattr(model, APPLIED_MARK, kind if is_trainable else "inference")
     if is_trainable:
         trainable, total = count_parameters(model)
-        logger.info("trainable parameters %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        logger.debug("trainable parameters %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
 
 
@@ -210,8 +211,3 @@ def _module_path(model, target) -> str:
     return next(name for name, module in model.named_modules() if module is target)
 
 
-def _names(text) -> list[str]:
-    if not text:
-        return []
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return [item.strip() for item in items if item and item.strip()]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tuneforge.errors import ConfigError
+from tuneforge.config.lists import comma_list as _names_option
 
 # Parts of multimodal models that text fine-tuning leaves alone (freeze_vision_tower).
 VISION_MODULES = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "mm_projector")
@@ -84,13 +85,6 @@ def find_decoder_layers(model) -> tuple[str, nn.ModuleList]:
     if not chosen:
         raise ConfigError("finetuning_type: freeze needs a model with a list of decoder layers; use lora or full")
     return chosen[0]
-
-
-def _names_option(text) -> list[str]:
-    if not text:
-        return []
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return [item.strip() for item in items if item.strip()]
 
 
 def _child_names(layer: nn.Module) -> set[str]:

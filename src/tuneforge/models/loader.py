@@ -10,6 +10,7 @@ from pathlib import Path
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.models.gguf_conversion import cached_conversion, model_cache_root
 from tuneforge.models.sources import ModelSource, resolve_model_source
+from tuneforge.config.lists import comma_list as parse_names  # noqa: F401 -- callers import it from here
 
 logger = logging.getLogger(__name__)
 
@@ -208,13 +209,6 @@ def _match_vocab(model, tokenizer, model_args) -> None:
     # A multiple of 64 keeps the matmul shapes friendly to tensor cores.
     model.resize_token_embeddings(wanted, pad_to_multiple_of=64)
     logger.info("resized embeddings from %d to %d rows", rows, model.get_input_embeddings().num_embeddings)
-
-
-def parse_names(text) -> list[str]:
-    if not text:
-        return []
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return [item.strip() for item in items if item and item.strip()]
 
 
 class _remote_code_errors:

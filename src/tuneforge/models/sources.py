@@ -16,6 +16,7 @@ from typing import Literal, Optional
 from tuneforge.errors import ModelError
 from tuneforge.models.aliases import ALIASES, find_alias, materialize_alias
 from tuneforge.models.gguf_conversion import model_cache_root
+from tuneforge.offline import hub_is_offline
 
 SourceKind = Literal["folder", "gguf", "alias", "hub"]
 
@@ -91,14 +92,6 @@ def _unknown_name(name: str) -> str:
         f"model_name_or_path '{name}': {what}{hint}; use an existing folder or .gguf file, an alias "
         f"({', '.join(ALIASES)}), or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct"
     )
-
-
-def hub_is_offline() -> bool:
-    """HF_HUB_OFFLINE as it is now; huggingface_hub reads it once at import, a test or a user may set it later."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.HF_HUB_OFFLINE or value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def _download_from_hub(repo_id: str, model_args) -> ModelSource:

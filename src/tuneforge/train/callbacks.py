@@ -52,6 +52,13 @@ class ThroughputLogCallback(TrainerCallback):
         self.last = now
         return tokens, sup, flops
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # The last step is always logged, so a run shorter than logging_steps (LLaMA-Factory's examples log
+        # every 10) still writes its loss to trainer_log.jsonl and the plot.
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
     def on_train_end(self, args, state, control, **kwargs):
         if self.start is not None:  # the steps after the last log count towards the end-of-run MFU too
             self._take_counts(max(args.world_size, 1))

@@ -12,6 +12,7 @@ import torch
 
 from ..models.adapters import unwrap
 from ..models.varlen_attention import example_bounds
+from ..labels import IGNORE
 
 MODEL_KEYS = ("input_ids", "position_ids", "attention_mask")
 _NO_LOGITS = torch.tensor([], dtype=torch.long)
@@ -58,7 +59,7 @@ def sharded_logits(model, batch: dict, targets: torch.Tensor):
     """(logits, targets) at the scored positions, the logits computed by the model's own forward
     (`logits_to_keep` as a tensor of positions; for a padded batch, the union of its rows' positions).
     Returns the positions too, to pick other per-position tensors the same way."""
-    positions = (targets != -100).any(dim=0).nonzero().flatten()
+    positions = (targets != IGNORE).any(dim=0).nonzero().flatten()
     logits = model(**batch, logits_to_keep=positions, use_cache=False).logits.float()
     return logits, targets[:, positions], positions
 

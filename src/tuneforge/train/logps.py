@@ -14,6 +14,7 @@ import torch
 from ..models.varlen_attention import example_bounds
 from .forward import final_hidden, fused_head_weight, head_logits, model_inputs, sharded_logits
 from .loss import token_logprobs
+from ..labels import IGNORE
 
 
 @dataclass
@@ -41,10 +42,10 @@ def sequence_logps(model, inputs: dict, n: int, chunk_size: int = 1024, sharded:
     batch = model_inputs(inputs, prefix)
     if sharded:
         logits, picked, positions = sharded_logits(model, batch, targets)
-        mask = picked != -100
+        mask = picked != IGNORE
         token = torch.log_softmax(logits[mask], dim=-1).gather(1, picked[mask][:, None]).squeeze(1)
         return SequenceLogps(*_gather_by_sequence(token, seq_index[:, positions][mask], n), int(mask.sum()))
-    mask = targets != -100
+    mask = targets != IGNORE
     hidden, picked = final_hidden(model, batch)[mask], targets[mask]
     weight = fused_head_weight(model)
     if weight is not None:

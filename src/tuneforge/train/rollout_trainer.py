@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from .trainer import TuneforgeTrainer
+from ..labels import IGNORE
 
 STATE_FILE = "rollout_state.pt"
 
@@ -46,7 +47,7 @@ class Buffer:
 def rollout_sequences(rollouts: list[dict]) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) of each rollout for data.collator.pack_sequences: prompt + completion, the completion
     supervised."""
-    return [(r["prompt"] + r["completion"], [-100] * len(r["prompt"]) + r["completion"]) for r in rollouts]
+    return [(r["prompt"] + r["completion"], [IGNORE] * len(r["prompt"]) + r["completion"]) for r in rollouts]
 
 
 class RolloutBatchSampler:

@@ -17,6 +17,7 @@ from ..models.value_head import score, value_head_of
 from .forward import final_hidden, fused_head_weight, head_logits, model_inputs
 from .loss import token_logprobs
 from .rl_loss import entropy_from_logits
+from ..labels import IGNORE
 
 
 @dataclass
@@ -33,7 +34,7 @@ def completion_scores(model, batch: dict, temperature: float = 1.0, chunk_size: 
     `temperature`, the distribution the completions were sampled from; workspace: the caller's
     loss.LogitsWorkspace."""
     targets = batch["shift_labels"]
-    mask = targets != -100
+    mask = targets != IGNORE
     hidden = final_hidden(model, model_inputs(batch))[mask]
     picked = targets[mask]
     weight = fused_head_weight(model)

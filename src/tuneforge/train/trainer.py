@@ -20,6 +20,7 @@ from transformers import Trainer
 from ..errors import TuneforgeError
 from .forward import fused_head_weight, final_hidden, head_logits, model_inputs, sequence_lengths, sharded_logits
 from .loss import LogitsWorkspace, linear_cross_entropy
+from ..labels import IGNORE
 
 
 class NonFiniteLossError(TuneforgeError):
@@ -51,7 +52,7 @@ def supervised_hidden(model, inputs: dict):
     """Runs the model without its LM head; returns (hidden states at supervised positions, their targets)."""
     inputs = dict(inputs)
     targets = inputs.pop("shift_labels")
-    mask = targets != -100
+    mask = targets != IGNORE
     return final_hidden(model, inputs)[mask], targets[mask]
 
 
@@ -68,8 +69,8 @@ def supervised_loss_sum_sharded(model, inputs: dict) -> tuple[torch.Tensor, int]
     """For DeepSpeed ZeRO-3 and FSDP: the model computes the logits itself, at the supervised positions."""
     inputs = dict(inputs)
     logits, picked, _ = sharded_logits(model, inputs, inputs.pop("shift_labels"))
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), picked.flatten(), ignore_index=-100, reduction="sum")
-    return loss, int((picked != -100).sum())
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), picked.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((picked != IGNORE).sum())
 
 
 class SupervisedObjective:
@@ -83,7 +84,7 @@ class SupervisedObjective:
         self.workspace = LogitsWorkspace()
 
     def count_items(self, batch: dict) -> torch.Tensor:
-        return batch["shift_labels"].ne(-100).sum()
+        return batch["shift_labels"].ne(IGNORE).sum()
 
     def __call__(self, model, inputs: dict) -> LossOutput:
         batch = {**model_inputs(inputs), "shift_labels": inputs["shift_labels"]}
