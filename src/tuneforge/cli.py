@@ -1,4 +1,4 @@
-"""One entry point: tuneforge train | chat | api | webchat | export | data preview | env | version."""
+"""One entry point: tuneforge train | chat | api | webchat | export | estimate | data preview | env | version."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ commands:
   api       serve a model over the OpenAI API (chat, completions, score) on 127.0.0.1:8000
   webchat   chat with a model in the browser on 127.0.0.1:7860
   export    merge adapters into the model; safetensors, or GGUF for llama.cpp and Ollama
+  estimate  peak memory and time per epoch of a training config, before any weight loads (--json)
   data      data preview CONFIG.yaml: summary and tokenized examples (--num N, --json)
   env       versions, hardware and the GEMM peak behind MFU (--remeasure)
   version   the tuneforge version
 """
 
 
-COMMANDS_WITH_HELP = ("train", "chat", "api", "webchat", "export", "data", "env", "version")
+COMMANDS_WITH_HELP = ("train", "chat", "api", "webchat", "export", "estimate", "data", "env", "version")
 
 
 # Third-party notices that call for no action by a tuneforge user; --verbose shows them.
@@ -80,6 +81,10 @@ def _dispatch(command: str, argv: list[str]) -> int:
         from .export.command import run_export
 
         return run_export(argv)
+    if command == "estimate":
+        from .estimate.command import run_estimate
+
+        return run_estimate(argv)
     if command == "data":
         from .data.preview import run_data
 

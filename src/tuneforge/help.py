@@ -58,6 +58,17 @@ COMMANDS = {
          "tuneforge export --model_name_or_path saves/me-merged --export_dir saves/me-gguf --export_format gguf "
          "--export_quantization q8_0"],
     ),
+    "estimate": (
+        "tuneforge estimate CONFIG.yaml [key=value ...] [--json] [--no-data] [--gpu-memory GB] [--remeasure]",
+        "Expected peak memory per process (weights, adapter and optimizer state, gradients, activations, LM head "
+        "and loss, framework) and time per epoch, without loading weights; whether the run fits this machine and "
+        "which keys would make it fit. --json: one JSON object (peak_bytes per process); --no-data: batches at "
+        "cutoff_len; --gpu-memory GB: check against a GPU of that size.",
+        [("Memory", ["per_device_train_batch_size", "cutoff_len", "gradient_checkpointing", "quantization_bit",
+                     "finetuning_type", "deepspeed", "skip_memory_check"])],
+        ["tuneforge estimate examples/sft_lora.yaml",
+         "tuneforge estimate examples/sft_lora.yaml cutoff_len=4096 --json"],
+    ),
     "data": (
         "tuneforge data preview CONFIG.yaml [--num N] [--json]",
         "Show the data as training will see it: counts, lengths, truncation, and tokenized examples with the "

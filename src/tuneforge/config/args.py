@@ -92,6 +92,7 @@ class FinetuneArgs:
     loss_chunk_size: int = field(default=1024, metadata={"help": "Supervised tokens per LM-head chunk."})
     disable_gradient_checkpointing: bool = field(default=False, metadata={"help": "LLaMA-Factory's name; see gradient_checkpointing."})
     peak_tflops: Optional[float] = field(default=None, metadata={"help": "Hardware peak for MFU (measured when unset)."})
+    skip_memory_check: bool = field(default=False, metadata={"help": "Train even when the estimate says it cannot fit."})
     token_budget: Optional[int] = field(default=None, metadata={"help": "Batch by at most this many real tokens."})
     nproc_per_node: Optional[int] = field(default=None, metadata={"help": "Processes per node (torchrun)."})
     nnodes: Optional[int] = field(default=None, metadata={"help": "Nodes (torchrun)."})

@@ -67,6 +67,9 @@ def load_data(args, tokenizer, template):
     if training.process_index == 0:
         for line in data.summary_lines():
             print(f"[data] {line}")
+    from ..estimate.command import check_fits
+
+    check_fits(args, data.train)  # refuse a run that clearly cannot fit, before the model loads
     return data
 
 
