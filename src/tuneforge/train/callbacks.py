@@ -37,6 +37,8 @@ class ThroughputLogCallback(TrainerCallback):
             self.path = os.path.join(args.output_dir, "trainer_log.jsonl")
             if not args.resume_from_checkpoint and os.path.exists(self.path):
                 os.remove(self.path)
+            elif os.path.exists(self.path):
+                _drop_records_after(self.path, state.global_step)
 
     def _take_counts(self, world: int) -> tuple[int, int, float]:
         """Tokens, supervised tokens and FLOPs since the last call (all processes); adds to total_flops."""
@@ -79,7 +81,7 @@ class ThroughputLogCallback(TrainerCallback):
             return
         elapsed = now - self.start
         done = state.global_step / state.max_steps if state.max_steps else 0
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+        record = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
         for key in self.STANDARD:
             if key in logs:
                 record["lr" if key == "learning_rate" else key] = _plain(logs[key])
@@ -93,6 +95,25 @@ class ThroughputLogCallback(TrainerCallback):
         record["eta_s"] = round(elapsed / done - elapsed, 2) if done > 0 else None
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """A run resumed from checkpoint-`step` logs the later steps again: the records the earlier run wrote
+    after that checkpoint go, so the log holds each step once."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed run
+        if isinstance(record, dict) and record.get("step", 0) > step:
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
 
 
 def _plain(value):

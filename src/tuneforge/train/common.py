@@ -1,5 +1,6 @@
-"""Wiring every recipe shares: arguments, the output folder check, gradient checkpointing and padding-free
-decisions, samplers, the throughput meter, the train/evaluate/save sequence and the final outputs.
+"""Wiring every recipe shares: arguments, the output folder lock and check, gradient checkpointing and
+padding-free decisions, samplers, the throughput meter and clean stop, the train/evaluate/save sequence and
+the final outputs.
 
 Recipes (sft.py, rm.py, dpo.py, kto.py) call these in order, top to bottom; anything a stage does
 differently stays in its recipe.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from contextlib import contextmanager
 
 from ..config.parser import build_args, read_sources
 from ..config.validate import training_arguments, validate
@@ -25,6 +27,32 @@ def parse_train_args(argv: list[str]):
     args.training = training_arguments(args, train_kwargs)
     args.extra = train_kwargs["_extra"]
     return args
+
+
+def claim_output_dir(args) -> None:
+    """Locks output_dir for this run (run_lock.py): a second run into it is refused at once, before it reads
+    or writes anything there. Done before check_output_dir, which would otherwise report a running run as a
+    finished one."""
+    from . import run_lock
+
+    if run_lock.should_hold():
+        run_lock.acquire(args.training.output_dir)
+
+
+def release_output_dir(args) -> None:
+    from . import run_lock
+
+    run_lock.release(args.training.output_dir)
+
+
+@contextmanager
+def output_dir_claimed(args):
+    """claim_output_dir for the length of a block (prediction-only runs)."""
+    claim_output_dir(args)
+    try:
+        yield
+    finally:
+        release_output_dir(args)
 
 
 def check_output_dir(training, overwrite: bool) -> None:
@@ -43,12 +71,13 @@ def check_output_dir(training, overwrite: bool) -> None:
 
 
 def start(args):
-    """Output folder check, seed, tokenizer and template: the first lines of every recipe."""
+    """Output folder lock and check, seed, tokenizer and template: the first lines of every recipe."""
     from transformers import set_seed
 
     from ..data.templates import get_template
     from ..models.loader import load_tokenizer
 
+    claim_output_dir(args)
     check_output_dir(args.training, args.extra.get("overwrite_output_dir", False))
     set_seed(args.training.seed)
     tokenizer = load_tokenizer(args.model)
@@ -137,10 +166,11 @@ def compute_dtype(args, model) -> str:
 
 
 def attach_meter(trainer, model, args, lm_head: bool = True):
-    """Adds the callbacks every run has: the throughput meter (tokens/s, MFU, trainer_log.jsonl) and the
-    checkpointing policy. lm_head: whether the loss runs the LM head at supervised positions (a reward
-    model's does not). Returns the meter."""
+    """Adds the callbacks every run has: the throughput meter (tokens/s, MFU, trainer_log.jsonl), the
+    checkpointing policy and the clean stop on SIGTERM/SIGINT (stop.py). lm_head: whether the loss runs the LM
+    head at supervised positions (a reward model's does not). Returns the meter."""
     from .callbacks import CheckpointingPolicy, ThroughputLogCallback
+    from .stop import StopOnSignal
     from .throughput import FlopModel, body_parameters, dense_flops_per_token, head_flops_per_supervised_token
     from .throughput import machine_peak_flops
 
@@ -159,6 +189,7 @@ def attach_meter(trainer, model, args, lm_head: bool = True):
     meter = ThroughputLogCallback(trainer, flops, peak)
     trainer.add_callback(meter)
     trainer.add_callback(CheckpointingPolicy())
+    trainer.add_callback(StopOnSignal())
     return meter
 
 
@@ -173,7 +204,9 @@ def report_model(args, model, padding_free: bool) -> None:
 
 def train_and_evaluate(trainer, args, meter) -> dict:
     """Trains (resuming when asked), saves the weights, state and metrics, then evaluates when asked
-    (reusing an evaluation the last step already ran). Returns the train_ and eval_ metrics."""
+    (reusing an evaluation the last step already ran). Returns the train_ and eval_ metrics. A run stopped by
+    a signal ends here, after its checkpoint (stop.py)."""
+    from .stop import exit_stopped, stopper_of
     from .throughput import mfu
 
     training = args.training
@@ -182,7 +215,17 @@ def train_and_evaluate(trainer, args, meter) -> dict:
         resume = training.resume_from_checkpoint
         if isinstance(resume, str) and resume.lower() == "true":
             resume = True
-        out = trainer.train(resume_from_checkpoint=resume)
+        stopper = stopper_of(trainer)
+        try:
+            out = trainer.train(resume_from_checkpoint=resume)
+        except BaseException:
+            if stopper is not None:
+                stopper.uninstall()
+            raise
+        if stopper is not None and stopper.stopped_at is not None:
+            stopper.uninstall()
+            release_output_dir(args)
+            exit_stopped(trainer, stopper)
         metrics = dict(out.metrics)
         metrics["train_tokens"], metrics["train_supervised_tokens"], *_ = trainer.global_counts()
         if metrics.get("train_runtime"):
@@ -217,3 +260,9 @@ def finish(args, trainer, tokenizer, template, results: dict, plots: dict | None
     if args.training.process_index == 0:
         finish_outputs(args, trainer, tokenizer, template, stop_tokens(tokenizer, template)[0], plots or {})
         print_summary(args, results)
+    from .stop import stopper_of
+
+    stopper = stopper_of(trainer)
+    if stopper is not None:
+        stopper.uninstall()  # kept through the final save, so a late stop could not cut it short
+    release_output_dir(args)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 
 from ..stages import get_stage
-from .common import parse_train_args
+from .common import parse_train_args, release_output_dir
 
 
 def run_train(argv: list[str]) -> dict:
     args = parse_train_args(argv)
     recipe = importlib.import_module(get_stage(args.finetune.stage).recipe)
-    return recipe.run(args)
+    try:
+        return recipe.run(args)
+    finally:
+        release_output_dir(args)  # also when the run fails: an in-process caller must not keep the folder

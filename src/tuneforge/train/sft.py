@@ -19,7 +19,8 @@ def run(args) -> dict:
 
     training = args.training
     if predicts_only(training):
-        return run_predict_only(args)  # LLaMA-Factory's predict configs: a model (and adapter) answers, scored
+        with common.output_dir_claimed(args):  # it writes there too, so no run may be writing at the same time
+            return run_predict_only(args)  # LLaMA-Factory's predict configs: a model (and adapter) answers, scored
     tokenizer, template = common.start(args)
     data = common.load_data(args, tokenizer, template)
 
