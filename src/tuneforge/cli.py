@@ -1,4 +1,4 @@
-"""One entry point: tuneforge train | chat | api | webchat | export | estimate | data preview | env | version."""
+"""One entry point: tuneforge train | chat | api | webchat | webui | export | estimate | data preview | env | version."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ commands:
   chat      talk to a model (+ adapter) in the terminal; --query "text" answers once
   api       serve a model over the OpenAI API (chat, completions, score) on 127.0.0.1:8000
   webchat   chat with a model in the browser on 127.0.0.1:7860
+  webui     the board in the browser: train, watch, evaluate, chat and export (127.0.0.1:7860)
   export    merge adapters into the model; safetensors, or GGUF for llama.cpp and Ollama
   estimate  peak memory and time per epoch of a training config, before any weight loads (--json)
   data      data preview CONFIG.yaml: summary and tokenized examples (--num N, --json)
@@ -24,7 +25,7 @@ commands:
 """
 
 
-COMMANDS_WITH_HELP = ("train", "chat", "api", "webchat", "export", "estimate", "data", "env", "version")
+COMMANDS_WITH_HELP = ("train", "chat", "api", "webchat", "webui", "export", "estimate", "data", "env", "version")
 
 
 # Third-party notices that call for no action by a tuneforge user; --verbose shows them.
@@ -77,6 +78,10 @@ def _dispatch(command: str, argv: list[str]) -> int:
         from .infer.webchat import run_webchat
 
         return run_webchat(argv)
+    if command == "webui":
+        from .webui.command import run_webui
+
+        return run_webui(argv)
     if command == "export":
         from .export.command import run_export
 

@@ -49,6 +49,18 @@ COMMANDS = {
         ["tuneforge webchat --model_name_or_path smollm2-135m-instruct",
          "tuneforge webchat --model_name_or_path saves/me-merged --port 7861"],
     ),
+    "webui": (
+        "tuneforge webui [--host 127.0.0.1] [--port 7860] [--lang en|zh] [--workdir .]",
+        "A board in the browser over the same config keys and commands: fill a training form (or load a YAML "
+        "file), preview the data, estimate memory, start / stop / resume `tuneforge train`, watch progress, loss "
+        "plot and log (also of runs started from the command line into the same output_dir), batch-predict with "
+        "BLEU/ROUGE, chat with the result and export it. Relative paths are read from --workdir. Loopback by "
+        "default; a warning when bound beyond it. The page's fields are these keys, and any other key goes in "
+        "its Other keys box:",
+        [MODEL, ("Train form", ["stage", "finetuning_type", "dataset_dir", "dataset", "cutoff_len", "learning_rate",
+                                "num_train_epochs", "per_device_train_batch_size", "output_dir"])],
+        ["tuneforge webui", "tuneforge webui --port 7861 --lang zh --workdir ~/runs"],
+    ),
     "export": (
         "tuneforge export [CONFIG.yaml] [key=value ...]",
         "Merge adapters into the model and write safetensors, or one GGUF file with an Ollama Modelfile.",

@@ -81,26 +81,30 @@ def _read_file(path: str) -> dict[str, RawValue]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a YAML file or only key=value pairs")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json":
+    return parse_config_text(p.read_text(encoding="utf-8"), path, as_json=p.suffix == ".json")
+
+
+def parse_config_text(text: str, where: str, as_json: bool = False) -> dict[str, RawValue]:
+    """A config file's text as key -> RawValue, each placed at where:LINE (YAML) or where (JSON)."""
+    if as_json:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        return {k: RawValue(v, path) for k, v in data.items()}
+            raise ConfigError(f"{where}:{e.lineno}: not valid JSON ({e.msg})") from None
+        return {k: RawValue(v, where) for k, v in data.items()}
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{where}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of key: value lines")
+        raise ConfigError(f"{where}: the config must be a mapping of key: value lines")
     lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
-    return {k: RawValue(v, f"{path}:{lines.get(k, '?')}") for k, v in data.items()}
+    return {str(k): RawValue(v, f"{where}:{lines.get(k, '?')}") for k, v in data.items()}
 
 
 def _field_types(cls) -> dict[str, object]:

@@ -231,11 +231,27 @@ def _first_rows(dataset, num: int | None):
         yield from dataset.take(num)
 
 
-def run_data(argv: list[str]) -> int:
-    from ..config.parser import build_args, read_sources
+def prepare_for_preview(args, train_kwargs):
+    """(tokenizer, prepared data) for a preview of parsed args, as training prepares them; the command and
+    the board's data preview share it."""
     from ..models.loader import load_tokenizer
     from .prepare import prepare_datasets
     from .templates import get_template
+
+    if not args.model.model_name_or_path:
+        raise ConfigError("model_name_or_path is not set: the tokenizer decides the token ids; set it in the config "
+                          "(the board: the Model field)")
+    if not args.data.dataset:
+        raise ConfigError("dataset is not set: name datasets from dataset_info.json or give a file path")
+    tokenizer = load_tokenizer(args.model)
+    template = get_template(args.data.template, tokenizer, args.data.default_system, args.data.enable_thinking)
+    data = prepare_datasets(args.data, args.finetune.stage, tokenizer, template, seed=train_kwargs.get("seed", 42),
+                            num_proc=args.data.preprocessing_num_workers)
+    return tokenizer, data
+
+
+def run_data(argv: list[str]) -> int:
+    from ..config.parser import build_args, read_sources
 
     if not argv or argv[0] != "preview":
         raise ConfigError(USAGE)
@@ -244,14 +260,7 @@ def run_data(argv: list[str]) -> int:
     argv, as_json = _take_option(argv, "--json", flag=True)
     num = _parse_num(num)
     args, train_kwargs = build_args(read_sources(argv), with_training=True)
-    if not args.model.model_name_or_path:
-        raise ConfigError("model_name_or_path is not set: the tokenizer decides the token ids; add it to the config")
-    if not args.data.dataset:
-        raise ConfigError("dataset is not set: name datasets from dataset_info.json or give a file path")
-    tokenizer = load_tokenizer(args.model)
-    template = get_template(args.data.template, tokenizer, args.data.default_system, args.data.enable_thinking)
-    data = prepare_datasets(args.data, args.finetune.stage, tokenizer, template, seed=train_kwargs.get("seed", 42),
-                            num_proc=args.data.preprocessing_num_workers)
+    tokenizer, data = prepare_for_preview(args, train_kwargs)
     lines = summary_lines(data, args.finetune.stage, args.data)
     if as_json:
         # stdout carries the examples only, so `... --json | other-tool` reads clean JSON lines.

@@ -80,7 +80,10 @@ def is_loopback(host: str) -> bool:
 
 def warn_if_exposed(host: str, api_key: str | None, command: str) -> None:
     if not is_loopback(host):
-        if "webchat" in command:
+        if command == "webui":
+            logger.warning("webui binds to %s: anyone who can reach this machine can start runs, read and write "
+                           "files and load models through the page; bind to 127.0.0.1 unless that is intended", host)
+        elif "webchat" in command:
             logger.warning("%s binds to %s: anyone who can reach this machine can use the model through the page; "
                            "bind to 127.0.0.1 unless that is intended", command, host)
         elif api_key:
