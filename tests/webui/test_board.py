@@ -173,3 +173,27 @@ def test_an_8_bit_qlora_config_keeps_its_width():
         model_values, train_values = board_page.config_to_fields(config)
         assert model_values[3] == "qlora"
         assert board_page.form_config(model_values, train_values)["quantization_bit"] == bits
+
+
+def test_status_follows_a_log_that_grows_and_is_replaced(tmp_path):
+    import json
+
+    board = Board(tmp_path)
+    run = tmp_path / "saves" / "r"
+    run.mkdir(parents=True)
+    log = run / "trainer_log.jsonl"
+
+    def record(step, total=4):
+        return json.dumps({"step": step, "total_steps": total, "loss": 1.0 / step}) + "\n"
+
+    log.write_text(record(1) + record(2))
+    progress, state = board.status("saves/r")
+    assert state is None and progress.current_step == 2 and progress.series["loss"] == [(1, 1.0), (2, 0.5)]
+    with open(log, "a") as f:
+        f.write(record(3) + '{"step": 4, "tot')  # a line still being written is not read yet
+    assert board.status("saves/r")[0].current_step == 3
+    replaced = run / "new.jsonl"
+    replaced.write_text(record(1, total=9))
+    replaced.replace(log)  # overwrite_output_dir: a new run's log
+    progress = board.status("saves/r")[0]
+    assert progress.current_step == 1 and progress.total_steps == 9 and progress.series["loss"] == [(1, 1.0)]

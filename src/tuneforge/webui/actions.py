@@ -20,7 +20,7 @@ from ..errors import ConfigError, TuneforgeError
 from . import config_io
 from .config_io import clean_config
 from .jobs import Job, JobError, JobTable
-from .progress import latest_checkpoint, read_progress
+from .progress import ProgressReader, latest_checkpoint
 
 # Keys naming files or folders that the checks in this process must find where the run will.
 PATH_KEYS = ("model_name_or_path", "adapter_name_or_path", "reward_model", "ref_model", "ref_model_adapters",
@@ -49,6 +49,8 @@ class Board:
         self.workdir = Path(workdir).resolve()
         self.jobs = JobTable()  # by output folder (absolute): the jobs this board started
         self._lock = threading.Lock()  # one start at a time: checks, then the job
+        self._readers: dict[str, ProgressReader] = {}  # folder -> its incremental reader (under _read_lock)
+        self._read_lock = threading.Lock()
         self._engine = None
         self._engine_name = ""
         self._engine_lock = threading.Lock()
@@ -147,9 +149,16 @@ class Board:
         """(Progress, job state or None) of the run in `folder`, whoever started it."""
         if not folder:
             return None, None
-        path = self.path(folder)
+        path = str(self.path(folder))
         job = self.job(folder)
-        return read_progress(str(path), tail_lines=log_lines), (job.state if job else None)
+        with self._read_lock:  # every tab's timer asks each second: parse only what the log gained since
+            reader = self._readers.get(path)
+            if reader is None:
+                if len(self._readers) > 64:  # folders typed once and left: keep the watched ones
+                    self._readers.clear()
+                reader = self._readers[path] = ProgressReader(path, log_lines)
+            progress = reader.read()
+        return progress, (job.state if job else None)
 
     def start_predict(self, config: dict) -> Started:
         """Batch prediction with BLEU/ROUGE: `tuneforge train` with do_predict and predict_with_generate."""

@@ -15,7 +15,7 @@ import yaml
 from ..errors import TuneforgeError
 from ..infer.webchat import _gradio, blocks_kwargs, chat_turn, chatbot_kwargs
 from . import catalog, config_io
-from .labels import LANGUAGES, label
+from .labels import LANGUAGES, TEXT, label
 
 # Fields of the shared model row, the train form and the tabs: key -> kind (how the field's value is read).
 MODEL_KEYS = {"model_name_or_path": "str", "adapter_name_or_path": "str", "template": "str", "method": "method"}
@@ -245,7 +245,8 @@ def build_board(board, lang: str = "en", refresh_seconds: float = 1.0):
 
     with gr.Blocks(title=T("title"), analytics_enabled=False, **blocks_kwargs(gr)) as page:
         with gr.Row():
-            language = gr.Dropdown(list(LANGUAGES), value=lang, label=T("lang"), scale=1, elem_id="tf-lang")
+            language = gr.Dropdown(list(LANGUAGES), value=lang, label=" / ".join(TEXT["lang"]), scale=1,
+                                   elem_id="tf-lang")  # in both languages: the way back from either
             model = L("model_name_or_path", gr.Dropdown(
                 catalog.model_choices([board.path("saves"), board.path("models")]), value=None,
                 allow_custom_value=True, label=T("model_name_or_path"), scale=3, elem_id="tf-model"))
