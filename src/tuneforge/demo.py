@@ -17,7 +17,10 @@ def ask(argv: list[str]) -> list[str]:
 
     args, _ = build_args(read_sources(argv + ["max_new_tokens=40"]), with_training=False)
     engine = ChatEngine.from_args(args)
-    return [engine.chat([Message("user", q)]).strip() for q in QUESTIONS]
+    try:
+        return [engine.chat([Message("user", q)]).strip() for q in QUESTIONS]
+    finally:
+        engine.close()  # its scheduler thread must not be inside torch when the interpreter exits
 
 
 def main() -> int:

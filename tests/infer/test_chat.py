@@ -41,18 +41,24 @@ class RecordingEngine:
 
     def __init__(self):
         self.seen = []
+        self.closed = False
 
     def stream(self, messages, system=None):
         self.seen.append([(m.role, m.content) for m in messages])
         yield "answer "
         yield str(len(self.seen))
 
+    def close(self):
+        self.closed = True
+
 
 def run_repl(monkeypatch, typed: str, engine=None) -> tuple[int, RecordingEngine]:
     engine = engine or RecordingEngine()
     monkeypatch.setattr(ChatEngine, "from_args", classmethod(lambda cls, args: engine))
     monkeypatch.setattr("sys.stdin", io.StringIO(typed))
-    return run_chat(["model_name_or_path=stand-in"]), engine
+    code = run_chat(["model_name_or_path=stand-in"])
+    assert engine.closed  # the scheduler thread is stopped before the interpreter exits
+    return code, engine
 
 
 def test_repl_keeps_history_clears_it_and_exits(monkeypatch, capsys):

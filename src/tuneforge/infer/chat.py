@@ -25,11 +25,14 @@ def run_chat(argv: list[str]) -> int:
     from .engine import ChatEngine
 
     engine = ChatEngine.from_args(args)
-    print(_header(args), file=sys.stderr, flush=True)
-    if args.generate.query is not None:
-        _print_answer(engine, [Message("user", args.generate.query)])
-        return 0
-    return _repl(engine)
+    try:
+        print(_header(args), file=sys.stderr, flush=True)
+        if args.generate.query is not None:
+            _print_answer(engine, [Message("user", args.generate.query)])
+            return 0
+        return _repl(engine)
+    finally:
+        engine.close()  # its scheduler thread must not be inside torch when the interpreter exits
 
 
 def _header(args) -> str:
