@@ -11,6 +11,7 @@ import yaml
 
 from tuneforge.errors import ConfigError
 from tuneforge.webui import board as board_page
+from tuneforge.webui import form, render
 from tuneforge.webui.actions import Board
 from tuneforge.webui.command import _options
 from tuneforge.webui.labels import TEXT, label
@@ -25,8 +26,8 @@ def test_llamafactory_configs_load_into_the_form_and_come_back_unchanged(name):
     if not path.is_file():
         pytest.skip(f"{path} is not beside the repository")
     config = {k: v for k, v in yaml.safe_load(path.read_text()).items() if v is not None}  # null: unset
-    model_values, train_values = board_page.config_to_fields(config)
-    back = board_page.form_config(model_values, train_values)
+    model_values, train_values = form.config_to_fields(config)
+    back = form.form_config(model_values, train_values)
     # What the form adds: its choices for keys the file leaves to their defaults (all of them the defaults
     # `tuneforge train` applies anyway, or the settings every board run gets: a loss plot, no reporting).
     added = {k: v for k, v in back.items() if k not in config}
@@ -39,30 +40,30 @@ def test_llamafactory_configs_load_into_the_form_and_come_back_unchanged(name):
 
 def test_form_keys_of_other_methods_are_left_out():
     model_values = ["m", None, "auto", "full"]
-    _, train_values = board_page.config_to_fields({"model_name_or_path": "m", "finetuning_type": "full"})
-    config = board_page.form_config(model_values, train_values)
+    _, train_values = form.config_to_fields({"model_name_or_path": "m", "finetuning_type": "full"})
+    config = form.form_config(model_values, train_values)
     assert config["finetuning_type"] == "full"
     assert not {"lora_rank", "lora_alpha", "lora_target", "freeze_trainable_layers"} & set(config)
-    qlora = board_page.form_config(["m", None, "auto", "qlora"], train_values)
+    qlora = form.form_config(["m", None, "auto", "qlora"], train_values)
     assert qlora["finetuning_type"] == "lora" and qlora["quantization_bit"] == 4
     assert "max_samples" not in config and "max_steps" not in config  # 0 in the form: every row, by epochs
 
 
 def test_other_keys_box_must_be_yaml_keys():
-    _, train_values = board_page.config_to_fields({"model_name_or_path": "m"})
-    extra = list(board_page.TRAIN_KEYS).index("extra_yaml")
+    _, train_values = form.config_to_fields({"model_name_or_path": "m"})
+    extra = list(form.TRAIN_KEYS).index("extra_yaml")
     train_values[extra] = "pref_beta: 0.2\nneftune_noise_alpha: 5"
-    config = board_page.form_config(["m", None, "auto", "lora"], train_values)
+    config = form.form_config(["m", None, "auto", "lora"], train_values)
     assert config["pref_beta"] == 0.2 and config["neftune_noise_alpha"] == 5
     train_values[extra] = "just words"
     with pytest.raises(Exception, match="Other keys"):
-        board_page.form_config(["m", None, "auto", "lora"], train_values)
+        form.form_config(["m", None, "auto", "lora"], train_values)
 
 
 def test_stage_keys_are_offered_with_their_defaults():
-    text = board_page.stage_keys_yaml("dpo")
+    text = form.stage_keys_yaml("dpo")
     assert "# pref_beta: 0.1" in text and "# pref_loss: \"sigmoid\"" in text
-    assert board_page.stage_keys_yaml("sft") == ""
+    assert form.stage_keys_yaml("sft") == ""
 
 
 def test_board_refuses_bad_starts_with_one_line(tmp_path, tiny_model_dir):
@@ -148,12 +149,12 @@ def test_estimate_from_the_form(tmp_path, tiny_model_dir):
               "finetuning_type": "lora", "cutoff_len": 32}
     report = board.estimate(config)
     assert report["peak_bytes"] > 0 and report["fits"] is True, report
-    text = board_page.estimate_markdown(report)
+    text = render.estimate_markdown(report)
     assert "peak per process" in text and "fits this machine" in text
     assert f"{report['peak_bytes'] / 2**30:.2f}" in text
     bad = board.estimate({**config, "lora_rnk": 4})
     assert "did you mean 'lora_rank'" in bad["error"]
-    assert board_page.estimate_markdown(bad).startswith("**estimate:**")
+    assert render.estimate_markdown(bad).startswith("**estimate:**")
 
 
 def test_estimate_that_does_not_fit_names_the_keys():
@@ -161,7 +162,7 @@ def test_estimate_that_does_not_fit_names_the_keys():
               "time": {"seconds_per_epoch": 600},
               "suggestions": [{"keys": {"gradient_checkpointing": True}, "peak_bytes": 2**30, "fits": True},
                               {"keys": {"cutoff_len": 512}, "peak_bytes": 5 * 2**30, "fits": False}]}
-    text = board_page.estimate_markdown(report)
+    text = render.estimate_markdown(report)
     assert "| activations | 2.00 |" in text and "**3.00**" in text and "does not fit" in text
     assert "- gradient_checkpointing: true (~1.00 GB)" in text and "cutoff_len" not in text
     assert "10.0 min per epoch" in text
@@ -170,9 +171,9 @@ def test_estimate_that_does_not_fit_names_the_keys():
 def test_an_8_bit_qlora_config_keeps_its_width():
     for bits in (4, 8):
         config = {"model_name_or_path": "m", "finetuning_type": "lora", "quantization_bit": bits}
-        model_values, train_values = board_page.config_to_fields(config)
+        model_values, train_values = form.config_to_fields(config)
         assert model_values[3] == "qlora"
-        assert board_page.form_config(model_values, train_values)["quantization_bit"] == bits
+        assert form.form_config(model_values, train_values)["quantization_bit"] == bits
 
 
 def test_status_follows_a_log_that_grows_and_is_replaced(tmp_path):

@@ -72,21 +72,29 @@ class Board:
                 out[key] = ",".join(str(self.path(p)) if p and self.path(p).exists() else p for p in parts)
         return out
 
-    def check(self, config: dict) -> str | None:
-        """`tuneforge train`'s quick check of config (no torch), run in the working folder, so relative paths
-        mean what they will mean to the run: its one-line error, or None."""
+    def _run_on_config(self, config: dict, argv: list[str], timeout: float) -> tuple[str, str]:
+        """Runs argv + [a YAML file of config] in the working folder, so relative paths mean what they will
+        mean to the run. (stdout, "") on success, else ("", the last line of stderr): the one-line error."""
         import subprocess
         import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="tuneforge-check-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="tuneforge-webui-") as tmp:
             path = os.path.join(tmp, "config.yaml")
             config_io.save_config(config, path)
-            done = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, path], cwd=self.workdir, text=True,
-                                  capture_output=True, timeout=120)
+            try:
+                done = subprocess.run(argv + [path], cwd=self.workdir, text=True, capture_output=True,
+                                      timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return "", f"no answer within {timeout:.0f} s"
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
-            return lines[-1] if lines else f"the config check exited with {done.returncode}"
-        return done.stdout.strip() or None
+            return "", lines[-1] if lines else f"exit code {done.returncode}"
+        return done.stdout, ""
+
+    def check(self, config: dict) -> str | None:
+        """`tuneforge train`'s quick check of config (no torch): its one-line error, or None."""
+        out, error = self._run_on_config(config, [sys.executable, "-c", CHECK_SCRIPT], timeout=120)
+        return error or out.strip() or None
 
     def job(self, folder: str) -> Job | None:
         return self.jobs.get(str(self.path(folder)))
@@ -187,25 +195,14 @@ class Board:
     def estimate(self, config: dict, timeout: float = 600) -> dict:
         """`tuneforge estimate --json` on the form's config, in a subprocess (it tokenizes the data, as the run
         will, into the same cache): the JSON report, or {"error": its one-line message}."""
-        import subprocess
-        import tempfile
-
-        config = clean_config(config)
-        with tempfile.TemporaryDirectory(prefix="tuneforge-estimate-") as tmp:
-            path = os.path.join(tmp, "config.yaml")
-            config_io.save_config(config, path)
-            try:
-                done = subprocess.run(command_line("estimate", path) + ["--json"], cwd=self.workdir, text=True,
-                                      capture_output=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return {"error": f"the estimate took over {timeout:.0f} s"}
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        if done.returncode != 0:
-            return {"error": lines[-1] if lines else f"tuneforge estimate exited with {done.returncode}"}
+        argv = [sys.executable, "-m", "tuneforge.cli", "estimate", "--json"]
+        out, error = self._run_on_config(clean_config(config), argv, timeout)
+        if error:
+            return {"error": error}
         try:
-            return json.loads(done.stdout.strip().splitlines()[-1])
+            return json.loads(out.strip().splitlines()[-1])
         except (IndexError, ValueError):
-            return {"error": "tuneforge estimate printed no report" + (f": {lines[-1]}" if lines else "")}
+            return {"error": "tuneforge estimate printed no report"}
 
     # ----- export --------------------------------------------------------------------------------------
     def start_export(self, config: dict) -> Started:

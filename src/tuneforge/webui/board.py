@@ -1,5 +1,5 @@
-"""The board's page: Train, Evaluate, Chat and Export tabs over one `Board` (actions.py). Layout and the
-mapping between fields and config keys live here; what a button does lives in actions.py.
+"""The board's page: Train, Evaluate, Chat and Export tabs over one `Board` (actions.py). Layout and wiring
+live here; fields <-> config keys in form.py, what is shown in render.py, what a button does in actions.py.
 
 Every field is a config key under its own name, so the page's config is a YAML file `tuneforge train` runs
 unchanged, and a YAML file loads back into the page. Keys the form has no field for go in "Other keys".
@@ -7,227 +7,15 @@ unchanged, and a YAML file loads back into the page. Keys the form has no field 
 
 from __future__ import annotations
 
-import html
-import json
-
-import yaml
-
 from ..errors import TuneforgeError
 from ..infer.webchat import _gradio, blocks_kwargs, chat_turn, chatbot_kwargs
 from . import catalog, config_io
+from .form import (GC_CHOICES, LR_SCHEDULES, TRAIN_DEFAULTS, TRAIN_KEYS, config_to_fields, form_config,
+                   read_field, stage_keys_yaml)
 from .labels import LANGUAGES, TEXT, label
+from .render import STATE_TEXT, estimate_markdown, loss_figure, plot_key, progress_html, tokenized_html
 
-# Fields of the shared model row, the train form and the tabs: key -> kind (how the field's value is read).
-MODEL_KEYS = {"model_name_or_path": "str", "adapter_name_or_path": "str", "template": "str", "method": "method"}
-TRAIN_KEYS = {
-    "stage": "str", "dataset_dir": "str", "dataset": "list", "cutoff_len": "int", "max_samples": "int",
-    "learning_rate": "float", "num_train_epochs": "float", "max_steps": "int", "per_device_train_batch_size": "int",
-    "gradient_accumulation_steps": "int", "lr_scheduler_type": "str", "warmup_ratio": "float",
-    "lora_rank": "int", "lora_alpha": "int", "lora_dropout": "float", "lora_target": "str",
-    "freeze_trainable_layers": "int", "logging_steps": "int", "save_steps": "int",
-    "gradient_checkpointing": "choice", "seed": "int", "output_dir": "str", "extra_yaml": "yaml",
-}
-TRAIN_DEFAULTS = {
-    "stage": "sft", "dataset_dir": "data", "cutoff_len": 1024, "max_samples": None, "learning_rate": 1e-4,
-    "num_train_epochs": 3.0, "max_steps": 0, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4,
-    "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "logging_steps": 5, "save_steps": 100,
-    "gradient_checkpointing": "auto", "seed": 42, "output_dir": "saves/webui-run",
-}
-LR_SCHEDULES = ("cosine", "linear", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
-GC_CHOICES = ("auto", "true", "false")
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
-STATE_TEXT = {"running": "running", "finished": "finished", "stopped": "stopped (checkpoint kept)", "failed": "failed"}
-
-
-def _read(kind: str, value):
-    if value is None or value == "" or value == []:
-        return None
-    if kind == "int":
-        return int(value)
-    if kind == "float":
-        return float(value)
-    if kind == "list":
-        return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
-    if kind == "choice":
-        return None if value == "auto" else value == "true"
-    return str(value).strip() or None
-
-
-def form_config(model_values: list, train_values: list) -> dict:
-    """The config dict of the shared model row and the train form, in the README reference's order."""
-    config = {}
-    for (key, kind), value in zip(MODEL_KEYS.items(), model_values):
-        if kind == "method":
-            config.update(catalog.method_config(value or "lora"))
-        else:
-            config[key] = _read(kind, value)
-    extra = {}
-    for (key, kind), value in zip(TRAIN_KEYS.items(), train_values):
-        if kind == "yaml":
-            extra = _extra_keys(value)
-        else:
-            config[key] = _read(kind, value)
-    if config.get("finetuning_type") != "lora":
-        for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target"):
-            config.pop(key, None)
-    if config.get("finetuning_type") != "freeze":
-        config.pop("freeze_trainable_layers", None)
-    for key in ("max_steps", "max_samples"):  # 0: by epochs / every row
-        if not config.get(key):
-            config.pop(key, None)
-    config.update(extra)
-    config.setdefault("do_train", True)
-    config.setdefault("plot_loss", True)
-    config.setdefault("report_to", "none")
-    return {k: v for k, v in config.items() if v is not None}
-
-
-def _extra_keys(text) -> dict:
-    if not text or not str(text).strip():
-        return {}
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise TuneforgeError(f"Other keys: not YAML ({str(e).splitlines()[0]}); write one `key: value` per line")
-    if not isinstance(value, dict):
-        raise TuneforgeError("Other keys: write one `key: value` per line")
-    return value
-
-
-def stage_keys_yaml(stage: str) -> str:
-    """The stage's own keys with their defaults, as commented YAML for the Other keys box."""
-    lines = []
-    for key in catalog.stage_keys(stage):
-        default = "" if key.default is None else json.dumps(key.default)
-        lines.append(f"# {key.name}: {default}  # {key.help}".rstrip())
-    return "\n".join(lines)
-
-
-def config_to_fields(config: dict) -> tuple[list, list]:
-    """The inverse of form_config: values for the model row and the train form; unknown keys go to Other."""
-    config = dict(config)
-    model_values = [config.pop("model_name_or_path", None), config.pop("adapter_name_or_path", None),
-                    config.pop("template", None) or "auto", catalog.method_of(config)]
-    config.pop("finetuning_type", None)
-    qlora_bits = catalog.method_config("qlora")["quantization_bit"]
-    if model_values[3] == "qlora" and config.get("quantization_bit") == qlora_bits:
-        config.pop("quantization_bit")  # the method says it; any other width stays in Other keys, applied last
-    train_values = []
-    for key, kind in TRAIN_KEYS.items():
-        if kind == "yaml":
-            train_values.append(None)
-            continue
-        value = config.pop(key, None)
-        if value is None:
-            value = TRAIN_DEFAULTS.get(key)
-            if key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "freeze_trainable_layers"):
-                value = catalog.form_key(key).default
-        if kind == "list" and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if kind == "choice":
-            value = "auto" if value in (None, "auto") else str(bool(value)).lower()
-        train_values.append(value)
-    for key in ("do_train", "plot_loss", "report_to"):
-        if config.get(key) == {"do_train": True, "plot_loss": True, "report_to": "none"}[key]:
-            config.pop(key)
-    extra_index = list(TRAIN_KEYS).index("extra_yaml")
-    train_values[extra_index] = yaml.safe_dump(config, sort_keys=False, allow_unicode=True) if config else ""
-    return model_values, train_values
-
-
-# ----- rendering -----------------------------------------------------------------------------------------
-
-def progress_html(progress, state) -> str:
-    if progress is None:
-        return ""
-    percent = max(0.0, min(100.0, float(progress.percent or 0)))
-    step, total = progress.current_step, progress.total_steps
-    if total:
-        words = [f"step {step} / {total}", f"{percent:.0f}%"]
-    else:  # nothing logged yet, or a job without steps (prediction)
-        words = [] if state in ("finished", "failed", "stopped") else ["waiting for the first step"]
-    if progress.elapsed:
-        words.append(f"elapsed {progress.elapsed}")
-    if progress.remaining and percent < 100:
-        words.append(f"remaining {progress.remaining}")
-    if state:
-        who = STATE_TEXT.get(state, state)
-    elif progress.in_use:
-        who = f"running (pid {progress.in_use.get('pid')}, started outside this page)"
-    else:
-        who = STATE_TEXT.get(progress.status)
-    if who:
-        words.append(who)
-    if progress.checkpoint:
-        words.append(f"last checkpoint: {progress.checkpoint}")
-    text = html.escape(" · ".join(words))
-    bar = f'<progress max="100" value="{percent:.1f}" style="width:100%"></progress>' if total else ""
-    return (f'<div class="tf-progress" data-percent="{percent:.1f}" data-step="{step}" data-total="{total or 0}" '
-            f'data-state="{html.escape(str(state or progress.status))}">{bar}<div>{text}</div></div>')
-
-
-def loss_figure(progress):
-    """The run's curves as a matplotlib Figure (no pyplot state): loss and eval_loss (raw, and smoothed as
-    plot_loss draws them) on the left, the stage's rewards / accuracies / margins on the right when logged."""
-    from matplotlib.figure import Figure
-
-    from ..train.plotting import smooth
-
-    series = dict(progress.series) if progress else {}
-    losses = {k: v for k, v in series.items() if "loss" in k}
-    others = {k: v for k, v in series.items() if k not in losses}
-    fig = Figure(figsize=(10, 3.2), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 2 if others else 1, squeeze=False)[0]
-    for ax, group in zip(axes, (losses, others)):
-        for name, points in sorted(group.items()):
-            steps, values = [p[0] for p in points], [p[1] for p in points]
-            line, = ax.plot(steps, values, alpha=0.4 if len(values) > 3 else 1.0, label=name, marker=".")
-            if len(values) > 3:
-                ax.plot(steps, smooth(values), color=line.get_color(), label=f"{name} (smoothed)")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if group:
-            ax.legend(loc="best", fontsize="small")
-    if not series:
-        axes[0].text(0.5, 0.5, "no logged steps yet", ha="center", va="center", transform=axes[0].transAxes)
-    return fig
-
-
-def plot_key(progress) -> str:
-    """What the chart shows, to skip sending it again when nothing changed."""
-    if progress is None:
-        return ""
-    return f"{progress.output_dir}|" + ",".join(f"{k}:{len(v)}" for k, v in sorted(progress.series.items()))
-
-
-def tokenized_html(examples) -> str:
-    out = []
-    for spans in examples:
-        parts = [f'<mark class="tf-trained">{html.escape(t)}</mark>' if trained else html.escape(t)
-                 for t, trained in spans]
-        out.append(f'<pre class="tf-example" style="white-space:pre-wrap">{"".join(parts)}</pre>')
-    return "\n".join(out) or "<p>no examples</p>"
-
-
-def estimate_markdown(report: dict) -> str:
-    from ..estimate.report import keys_text
-    if "error" in report:
-        return f"**estimate:** {report['error']}"
-    gb = 2**30
-    lines = ["| part | GB |", "|---|---|"]
-    for name, value in report.get("breakdown", {}).items():
-        lines.append(f"| {name.replace('_', ' ')} | {value / gb:.2f} |")
-    lines.append(f"| **peak per process** | **{report['peak_bytes'] / gb:.2f}** |")
-    fits = report.get("fits")
-    verdict = {True: "fits this machine", False: "does not fit this machine", None: "fit unknown"}[fits]
-    time_info = report.get("time") or {}
-    per_epoch = time_info.get("seconds_per_epoch")
-    tail = f"; about {per_epoch / 60:.1f} min per epoch" if per_epoch else ""
-    fixes = report.get("suggestions") or []
-    fix_text = "".join(f"\n- {keys_text(s['keys'])} (~{s['peak_bytes'] / gb:.2f} GB)" for s in fixes
-                       if s.get("fits")) if fits is False else ""
-    return "\n".join(lines) + f"\n\n**{verdict}**{tail}" + (f"\n\nwould fit with:{fix_text}" if fix_text else "")
-
 
 # ----- the page ------------------------------------------------------------------------------------------
 
@@ -472,7 +260,7 @@ def build_board(board, lang: str = "en", refresh_seconds: float = 1.0):
             for key in ("do_train", "plot_loss", "dataset", "stage"):
                 config.pop(key, None)
             for (key, _), value in zip(e.items(), values[len(model_fields):]):
-                config[key] = _read("list" if key == "eval_dataset" else
+                config[key] = read_field("list" if key == "eval_dataset" else
                                     ("str" if key in ("dataset_dir", "output_dir") else "int"), value)
             config["overwrite_output_dir"] = True
             return {k: v for k, v in config.items() if v is not None}
